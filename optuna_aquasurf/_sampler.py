@@ -1,0 +1,418 @@
+"""AquaSurfSampler: the surrogate search of activation functions as an Optuna sampler."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import optuna
+from optuna.samplers import BaseSampler, TPESampler
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from optuna_aquasurf import _acquisition
+from optuna_aquasurf._activation import ActivationFunction
+from optuna_aquasurf._expression import canonical
+from optuna_aquasurf._operators import PAPER_UNARY
+from optuna_aquasurf._space import SearchSpace
+from optuna_aquasurf._store import MemoryStore, Store, store_for
+
+if TYPE_CHECKING:
+    from optuna_aquasurf.features import FisherProbe
+
+#: The reference's baselines, tried first (those with an equivalent in the space).
+DEFAULT_BASELINES = (
+    "elu(x)",
+    "relu(x)",
+    "selu(x)",
+    "sigmoid(x)",
+    "softplus(x)",
+    "softsign(x)",
+    "swish(x)",
+    "tanh(x)",
+)
+#: Functions whose Fisher features are computed, stored and shared together.
+FISHER_CHUNK = 64
+#: Candidates tried, best first, when claiming the next function races with other workers.
+_CLAIM_ATTEMPTS = 64
+
+
+class AquaSurfSampler(BaseSampler):
+    """Search activation functions with the AQuaSurF surrogate; other parameters go elsewhere.
+
+    Every function of the search space is placed on a 2-D map (UMAP of its outputs at fixed
+    points and, with a ``probe``, of its Fisher spectrum in your model), computed once per
+    study and stored next to it. The sampler first tries the ``baselines``, then trains the
+    untried function that the map says is most promising: a k-nearest-neighbour regressor on the
+    map predicts every function's score from the trials so far.
+
+    With ``acquisition="explore"`` (the default), the first ``n_design`` picks after the
+    baselines spread over the map (each the function farthest from all tried ones); later picks
+    maximise the predicted score plus ``exploration`` times the distance to the nearest tried
+    function. ``"greedy"`` is the reference's rule: the best prediction alone.
+
+    Use it with :func:`suggest_activation`; the activation is recorded in each trial's user
+    attribute ``"activation"`` (readable in ``trials_dataframe()`` and optuna-dashboard).
+    Failed trials count as the worst score observed so far, pruned trials as their last
+    reported value. Other parameters are sampled by ``independent_sampler``.
+
+    Parameters
+    ----------
+    space
+        A :class:`SearchSpace` or a list of expressions; by default the paper's 2,918 functions
+        (``binary(unary(x),unary(x))`` over ``PAPER_UNARY``).
+    probe
+        A :class:`~optuna_aquasurf.features.FisherProbe` for your model; without one the map
+        uses output features alone.
+    baselines
+        Expressions tried first, in order (skipped if the space has no equivalent).
+    acquisition
+        ``"explore"`` or ``"greedy"``.
+    n_design
+        Space-filling picks after the baselines (``"explore"`` only).
+    exploration
+        Weight of the distance bonus (``"explore"`` only).
+    regressor
+        Any scikit-learn regressor from 2-D points to scores; default kNN with k=3.
+    seed
+        Seed of the map and of tie-breaking; the same seed gives the same suggestions in
+        another process. The map's identity is the space, the probe and this seed: changing any
+        of them computes a new map.
+    independent_sampler
+        Sampler of all other parameters; default ``TPESampler(seed=seed)``.
+    include_non_finite
+        Also suggest functions that are infinite or NaN at some probe points.
+
+    Examples
+    --------
+    >>> import optuna
+    >>> from optuna_aquasurf import AquaSurfSampler, SearchSpace, suggest_activation
+    >>> space = SearchSpace.from_expressions(["relu(x)", "tanh(x)", "abs(x)", "swish(x)"])
+    >>> def objective(trial):
+    ...     act = suggest_activation(trial)
+    ...     return float(act(torch.linspace(-1, 1, 5)).sum())
+    >>> import torch
+    >>> study = optuna.create_study(
+    ...     direction="maximize", sampler=AquaSurfSampler(space, baselines=["relu(x)"], seed=0)
+    ... )
+    >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+    >>> study.optimize(objective, n_trials=4)
+    >>> study.best_trial.user_attrs["activation"]
+    'abs(x)'
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace | Sequence[str] | None = None,
+        probe: FisherProbe | None = None,
+        *,
+        baselines: Sequence[str] = DEFAULT_BASELINES,
+        acquisition: str = "explore",
+        n_design: int = 8,
+        exploration: float = 0.5,
+        regressor=None,
+        seed: int | None = None,
+        independent_sampler: BaseSampler | None = None,
+        include_non_finite: bool = False,
+    ):
+        if acquisition not in _acquisition.ACQUISITIONS:
+            raise ValueError(
+                f"acquisition must be one of {_acquisition.ACQUISITIONS}, got {acquisition!r}"
+            )
+        if n_design < 0:
+            raise ValueError(f"n_design must be >= 0, got {n_design}")
+        if not exploration >= 0:
+            raise ValueError(f"exploration must be >= 0, got {exploration}")
+        if space is not None and not isinstance(space, SearchSpace):
+            space = SearchSpace.from_expressions(list(space))
+        self._space = space
+        self._probe = probe
+        self._baselines = [canonical(b) for b in baselines]
+        self._acquisition = acquisition
+        self._n_design = n_design
+        self._exploration = exploration
+        self._regressor = regressor if regressor is not None else _acquisition.default_regressor()
+        self._seed = seed
+        self._rng = np.random.RandomState(seed)
+        self._independent_sampler = independent_sampler or TPESampler(seed=seed)
+        self._include_non_finite = include_non_finite
+        self._lock = threading.RLock()
+        self._fixed_params: dict[int, dict[str, Any]] = {}
+        self._maps: dict[str, np.ndarray] = {}
+        self._outputs: np.ndarray | None = None
+        self._locations: dict[str, tuple[int, bool]] = {}
+
+    @property
+    def space(self) -> SearchSpace:
+        """The search space (built on first use when none was given)."""
+        with self._lock:
+            if self._space is None:
+                self._space = SearchSpace.from_schemas(
+                    ["binary(unary(x),unary(x))"], unary=PAPER_UNARY
+                )
+            return self._space
+
+    # The Optuna sampler contract: everything but the activation goes to the independent sampler.
+
+    def infer_relative_search_space(self, study, trial):
+        return {}
+
+    def sample_relative(self, study, trial, search_space):
+        return {}
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._independent_sampler.sample_independent(
+            study, trial, param_name, param_distribution
+        )
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        with self._lock:
+            self._fixed_params[trial._trial_id] = trial.system_attrs.get("fixed_params", {})
+        self._independent_sampler.before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        with self._lock:
+            self._fixed_params.pop(trial._trial_id, None)
+        self._independent_sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._rng.seed()
+        self._independent_sampler.reseed_rng()
+
+    # The activation.
+
+    def suggest(self, study: optuna.Study, trial: optuna.Trial, name: str = "activation") -> str:
+        """Choose the expression ``trial`` trains and record it; see :func:`suggest_activation`."""
+        if study._is_multi_objective():
+            raise ValueError(
+                "AquaSurfSampler searches activations for one objective; this study has "
+                f"{len(study.directions)}. Use a single-objective study."
+            )
+        chosen = trial.user_attrs.get(name)  # set already, or inherited by a retried trial
+        if chosen is None:
+            fixed = self._fixed_params.get(trial._trial_id, {}).get(name)
+            chosen = canonical(fixed) if fixed is not None else self._choose(study, trial, name)
+            trial.set_user_attr(name, chosen)
+        function, exact = self.locate(chosen)
+        if exact:
+            self._claim(study, trial, function)  # a retry or an enqueued trial takes it over
+        return chosen
+
+    def embedding(self, study: optuna.Study | None = None) -> np.ndarray:
+        """2-D coordinates of every function of the space, computed once and stored with
+        ``study`` (or in this process when no study is given)."""
+        return self._map(study)
+
+    def predict(self, study: optuna.Study, name: str = "activation") -> np.ndarray | None:
+        """The surrogate's predicted score of every function (None before any score exists)."""
+        coords = self._map(study)
+        functions, scores = self._observations(study, name, exclude=None)
+        if len(scores) == 0:
+            return None
+        sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
+        return sign * _acquisition.predict(self._regressor, coords, functions, sign * scores)
+
+    def _choose(self, study: optuna.Study, trial: optuna.Trial, name: str) -> str:
+        with self._lock:
+            space = self.space
+            tried = self._tried(study, name, exclude=trial._trial_id)
+            available = np.ones(len(space), dtype=bool)
+            available[tried] = False
+            if not self._include_non_finite:
+                available &= space.finite
+            for function in self._ranking(study, trial, name, tried, available):
+                if self._claim(study, trial, function):
+                    return self._baseline_names().get(function, space[int(function)].expression)
+            raise RuntimeError(
+                f"every function of the search space ({len(space)}) has been tried or is "
+                "being tried: stop the study or give a larger space"
+            )
+
+    def _baseline_names(self) -> dict[int, str]:
+        """The baselines found in the space, by function, in order (spelled as given)."""
+        names: dict[int, str] = {}
+        for baseline in self._baselines:
+            function, exact = self.locate(baseline)
+            if exact:
+                names.setdefault(function, baseline)
+        return names
+
+    def _ranking(self, study, trial, name, tried, available) -> np.ndarray:
+        baselines = list(self._baseline_names())
+        pending = [f for f in baselines if available[f]]
+        candidates = np.flatnonzero(available)
+        if pending or len(candidates) == 0:
+            return np.array(pending[:_CLAIM_ATTEMPTS], dtype=np.int64)
+        coords = self._map(study)
+        functions, scores = self._observations(study, name, exclude=trial._trial_id)
+        picks_after_baselines = len(set(tried.tolist()) - set(baselines))
+        design = self._acquisition == "explore" and picks_after_baselines < self._n_design
+        if design or len(scores) == 0:
+            order = _acquisition.farthest_first(coords, tried, candidates)
+        else:
+            if study.direction == StudyDirection.MINIMIZE:
+                scores = -scores
+            predicted = _acquisition.predict(self._regressor, coords, functions, scores)
+            order = _acquisition.rank(
+                self._acquisition, coords, predicted, tried, candidates, self._exploration
+            )
+        return order[:_CLAIM_ATTEMPTS]
+
+    def _trials(self, study: optuna.Study, name: str, exclude: int | None):
+        for t in study.get_trials(deepcopy=False):
+            if name in t.user_attrs and t._trial_id != exclude:
+                yield t, self.locate(t.user_attrs[name])
+
+    def _tried(self, study, name, exclude) -> np.ndarray:
+        tried = {f for _, (f, exact) in self._trials(study, name, exclude) if exact}
+        return np.array(sorted(tried), dtype=np.int64)
+
+    def _observations(self, study, name, exclude) -> tuple[np.ndarray, np.ndarray]:
+        """Functions with a score (one per function, mean over trials) and those scores.
+
+        Completed trials give their value, pruned ones their last reported value; failed trials
+        give the worst value observed in the study (and nothing while there is none).
+        """
+        values: dict[int, list[float]] = {}
+        failed: list[int] = []
+        for t, (function, _) in self._trials(study, name, exclude):
+            value = _trial_score(t)
+            if value is not None:
+                values.setdefault(function, []).append(value)
+            elif t.state == TrialState.FAIL:
+                failed.append(function)
+        if values and failed:
+            observed = [v for vs in values.values() for v in vs]
+            worst = min(observed) if study.direction == StudyDirection.MAXIMIZE else max(observed)
+            for function in failed:
+                values.setdefault(function, []).append(worst)
+        functions = np.array(sorted(values), dtype=np.int64)
+        scores = np.array([np.mean(values[f]) for f in functions], dtype=np.float64)
+        return functions, scores
+
+    def locate(self, expression: str) -> tuple[int, bool]:
+        """The position in the space of the function ``expression`` computes, and True; or, for a
+        function outside the space, the nearest one by output features, and False."""
+        if expression not in self._locations:
+            space = self.space
+            if expression in space:
+                location = (space.index(expression), True)
+            else:
+                equivalent = space.find_equivalent(expression)
+                if equivalent is not None:
+                    location = (equivalent, True)
+                else:
+                    location = (self._nearest(expression), False)
+            self._locations[expression] = location
+        return self._locations[expression]
+
+    def _nearest(self, expression: str) -> int:
+        from optuna_aquasurf.features import output_features
+
+        point = output_features(SearchSpace.from_expressions([expression]))[0]
+        distances = np.linalg.norm(self._output_features() - point, axis=1)
+        return int(np.argmin(distances))
+
+    def _output_features(self) -> np.ndarray:
+        from optuna_aquasurf.features import output_features
+
+        with self._lock:
+            if self._outputs is None:
+                self._outputs = output_features(self.space)
+            return self._outputs
+
+    def _claim(self, study, trial, function: int) -> bool:
+        storage = study._storage
+
+        def is_stale(trial_id: int) -> bool:
+            try:
+                if storage.get_study_id_from_trial_id(trial_id) != study._study_id:
+                    return True
+                return storage.get_trial(trial_id).state == TrialState.FAIL
+            except KeyError:
+                return True
+
+        return self._store(study).claim(study._study_id, int(function), trial._trial_id, is_stale)
+
+    def _store(self, study: optuna.Study | None) -> Store:
+        if study is None:
+            return _LOCAL_STORE
+        return store_for(study._storage)
+
+    def _map_key(self) -> str:
+        probe = self._probe.fingerprint if self._probe is not None else "outputs-only"
+        seed = 0 if self._seed is None else self._seed
+        return hashlib.sha256(f"{self.space.fingerprint}|{probe}|{seed}".encode()).hexdigest()
+
+    def _map(self, study: optuna.Study | None) -> np.ndarray:
+        with self._lock:
+            key = self._map_key()
+            if key not in self._maps:
+                store = self._store(study)
+                saved = store.load("embeddings", key)
+                if saved is None:
+                    fisher = self._fisher_features(store) if self._probe is not None else None
+                    seed = 0 if self._seed is None else self._seed
+                    from optuna_aquasurf._embedding import embed
+
+                    saved = [embed(self._output_features(), fisher, seed)]
+                    store.save("embeddings", key, saved)
+                self._maps[key] = saved[0]
+            return self._maps[key]
+
+    def _fisher_features(self, store: Store) -> np.ndarray:
+        """Fisher features of the whole space, computed (and stored) chunk by chunk."""
+        space = self.space
+        key = hashlib.sha256(f"{space.fingerprint}|{self._probe.fingerprint}".encode()).hexdigest()
+        expressions = space.expressions
+        rows = []
+        for chunk in range(math.ceil(len(space) / FISHER_CHUNK)):
+            saved = store.load("fisher", key, chunk)
+            if saved is None:
+                part = expressions[chunk * FISHER_CHUNK : (chunk + 1) * FISHER_CHUNK]
+                saved = list(self._probe.features(part, return_diverged=True))
+                store.save("fisher", key, saved, chunk)
+            rows.append(saved[0])
+        return np.concatenate(rows)
+
+
+_LOCAL_STORE = MemoryStore()
+
+
+def _trial_score(trial: FrozenTrial) -> float | None:
+    if trial.state == TrialState.COMPLETE and trial.value is not None:
+        return float(trial.value)
+    if trial.state == TrialState.PRUNED and trial.intermediate_values:
+        return float(trial.intermediate_values[max(trial.intermediate_values)])
+    return None
+
+
+def suggest_activation(
+    trial: optuna.Trial, name: str = "activation", normalize: bool = False
+) -> ActivationFunction:
+    """The activation function this trial should train, as a module.
+
+    The study's sampler must be an :class:`AquaSurfSampler`. The expression is recorded in the
+    trial's user attribute ``name``. ``study.enqueue_trial({"activation": "relu(x)"})`` makes a
+    trial train that expression, inside the space or not.
+
+    Parameters
+    ----------
+    trial
+        The trial of the objective function.
+    name
+        User attribute (and enqueue key) of the expression.
+    normalize
+        Passed to :class:`ActivationFunction`.
+    """
+    sampler = trial.study.sampler
+    if not isinstance(sampler, AquaSurfSampler):
+        raise TypeError(
+            "suggest_activation needs a study created with sampler=AquaSurfSampler(...), "
+            f"not {type(sampler).__name__}"
+        )
+    return ActivationFunction(sampler.suggest(trial.study, trial, name), normalize=normalize)

@@ -1,0 +1,462 @@
+"""Kronecker factors of the Fisher information (K-FAC) of a model's Linear and Conv2d layers.
+
+Conventions (Grosse & Martens 2016), for a batch of ``N`` samples and ``T`` locations per sample
+(conv: output positions; Linear on sequences: positions; plain Linear: ``T = 1``)::
+
+    A = (1/N) sum_i sum_t a_it a_it^T          a: layer input (conv: patch), 1 appended for a bias
+    G = (1/(N*T)) sum_i sum_t g_it g_it^T      g: gradient of sample i's own loss w.r.t. the output
+
+``g`` is ``N`` times the gradient of the batch-mean loss. A grouped convolution has one pair of
+factors per group. A layer called several times in one forward pass (weight sharing) counts every
+call as further locations, exactly as a convolution counts its positions.
+
+How the factors are captured: forward pre- and post-hooks keep a stack of the layers running, and a
+:class:`~torch.overrides.TorchFunctionMode` sees the ``linear``/``conv2d`` call each layer makes.
+That call's input is the layer input exactly as used (after any padding done in ``forward``, such as
+``padding_mode="reflect"`` or timm's ``Conv2dSame``; with the weight actually used, such as timm's
+standardised ``StdConv2d`` weight), and a tensor hook registered on its result receives the exact
+gradient of the pre-activation, even when an in-place activation follows. Layers whose weights are
+used outside their own ``forward`` (``nn.MultiheadAttention.out_proj``) cannot be seen this way;
+they are left out with a warning that names them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+#: The functional call each layer type makes, and its name for messages.
+_CALLS = {nn.Linear: (F.linear, "linear"), nn.Conv2d: (F.conv2d, "conv2d")}
+
+FISHER_TYPES = ("empirical", "model")
+
+
+class DivergedError(ValueError):
+    """The loss or a Kronecker factor of a candidate model is not finite."""
+
+
+def kfac_eigenvalues(
+    model: nn.Module,
+    inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    targets: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    fisher: str = "empirical",
+    seed: int = 0,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Eigenvalues of the two Kronecker factors of every Linear and Conv2d layer.
+
+    The model runs in its current mode (call ``model.eval()`` first for the usual probe), in the
+    dtype and on the device of its parameters; ``inputs`` and ``targets`` must already be there.
+
+    Parameters
+    ----------
+    model
+        Any module; its ``nn.Linear`` and ``nn.Conv2d`` layers (subclasses included) are probed.
+    inputs
+        The batch, or a tuple of tensors passed to ``model`` positionally.
+    targets
+        The labels; the first dimension is the batch (``N``). Integer targets mean classification,
+        float targets regression.
+    loss_fn
+        ``loss_fn(outputs, targets)`` returning the **mean** loss over the batch (the factors scale
+        its gradient by ``N``). Default: cross-entropy for integer targets (class dimension 1, or
+        last when ``outputs.shape[:-1] == targets.shape``), mean squared error for float targets.
+    fisher
+        ``"empirical"`` uses ``targets``; ``"model"`` samples them from the model's predictive
+        distribution (categorical from the softmax for integer targets, unit-variance Gaussian
+        around the outputs for float targets) with a generator seeded by ``seed``.
+    seed
+        Seed of the sampled targets of ``fisher="model"``.
+
+    Returns
+    -------
+    dict
+        ``{layer_name: (eig_A, eig_G)}`` in module order, ascending eigenvalues of shape
+        ``(groups, d_A)`` and ``(groups, d_G)``: ``groups`` is 1 except for grouped convolutions,
+        ``d_A = in_features + bias`` (conv: ``in_channels / groups * kh * kw + bias``),
+        ``d_G = out_features`` (conv: ``out_channels / groups``).
+
+    Raises
+    ------
+    DivergedError
+        When the model outputs, the loss or a factor is not finite.
+    """
+    return {
+        s.name: (s.full_a(), s.full_g())
+        for s in kfac_spectra(model, inputs, targets, loss_fn, fisher, seed)
+    }
+
+
+@dataclass
+class LayerSpectrum:
+    """The factors' eigenvalues of one layer, with their known zeros kept apart.
+
+    ``eig_a`` (``groups x m_A``) with ``zeros_a`` further zero eigenvalues per group are the
+    eigenvalues of ``A`` (``m_A + zeros_a = d_A``); the same for ``G``. The zeros come from the
+    smaller-Gram-side shortcut (a factor of rank at most ``rows < d``).
+    """
+
+    name: str
+    num_weights: int
+    eig_a: torch.Tensor
+    zeros_a: int
+    eig_g: torch.Tensor
+    zeros_g: int
+
+    def full_a(self) -> torch.Tensor:
+        return _with_zeros(self.eig_a, self.zeros_a)
+
+    def full_g(self) -> torch.Tensor:
+        return _with_zeros(self.eig_g, self.zeros_g)
+
+
+def _with_zeros(eigs: torch.Tensor, zeros: int) -> torch.Tensor:
+    padded = torch.cat([eigs.new_zeros(eigs.shape[0], zeros), eigs], dim=1)
+    return padded.sort(dim=1).values
+
+
+def kfac_spectra(
+    model: nn.Module,
+    inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    targets: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    fisher: str = "empirical",
+    seed: int = 0,
+) -> list[LayerSpectrum]:
+    """The spectra of :func:`kfac_eigenvalues`, one per captured layer, in module order."""
+    if fisher not in FISHER_TYPES:
+        raise ValueError(f"fisher must be one of {FISHER_TYPES}, got {fisher!r}")
+    n = targets.shape[0]
+    with _Capture(model) as capture:
+        outputs = model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
+        if not isinstance(outputs, torch.Tensor):
+            raise TypeError(f"the model must return a tensor, got {type(outputs).__name__}")
+        if not torch.isfinite(outputs).all():
+            raise DivergedError("the model outputs are not finite")
+        if fisher == "model":
+            targets = sample_targets(outputs, targets, seed)
+        loss = (loss_fn or default_loss)(outputs, targets)
+        if loss.ndim != 0:
+            raise ValueError(
+                f"loss_fn must return the batch-mean loss (a scalar), got {loss.shape}"
+            )
+        if not torch.isfinite(loss):
+            raise DivergedError(f"the loss is not finite ({loss.item()})")
+        wrt = capture.gradient_inputs()
+        if loss.requires_grad and wrt:
+            torch.autograd.grad(loss, wrt, allow_unused=True)
+    capture.warn_missing()
+    return _spectra(capture.captured_layers(), n)
+
+
+def probed_layers(
+    model: nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, ...]
+) -> list[tuple[str, int]]:
+    """``(name, num_weights)`` of the layers K-FAC sees, from one forward pass without backward."""
+    with _Capture(model) as capture:
+        model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
+    capture.warn_missing()
+    return [(layer.name, layer.num_weights) for layer in capture.captured_layers()]
+
+
+def default_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for integer targets, mean squared error for float targets (batch means)."""
+    if targets.is_floating_point():
+        if outputs.shape != targets.shape:
+            raise ValueError(
+                f"float targets mean regression (MSE) and need the outputs' shape "
+                f"{tuple(outputs.shape)}, got {tuple(targets.shape)}; pass loss_fn otherwise"
+            )
+        return F.mse_loss(outputs, targets)
+    return F.cross_entropy(outputs.movedim(_class_dim(outputs, targets), 1), targets)
+
+
+def sample_targets(outputs: torch.Tensor, targets: torch.Tensor, seed: int) -> torch.Tensor:
+    """Targets drawn from the model's predictive distribution, on the CPU for reproducibility."""
+    generator = torch.Generator().manual_seed(seed)
+    out = outputs.detach().cpu()
+    if targets.is_floating_point():
+        noise = torch.randn(out.shape, generator=generator, dtype=out.dtype)
+        return (out + noise).to(device=targets.device, dtype=targets.dtype)
+    logits = out.movedim(_class_dim(outputs, targets), -1)
+    probs = torch.softmax(logits.double(), dim=-1).reshape(-1, logits.shape[-1])
+    drawn = torch.multinomial(probs, 1, generator=generator)
+    return drawn.reshape(targets.shape).to(device=targets.device, dtype=targets.dtype)
+
+
+def _class_dim(outputs: torch.Tensor, targets: torch.Tensor) -> int:
+    if outputs.ndim == targets.ndim + 1:
+        if outputs.shape[:1] + outputs.shape[2:] == targets.shape:
+            return 1
+        if outputs.shape[:-1] == targets.shape:
+            return -1
+    raise ValueError(
+        f"integer targets of shape {tuple(targets.shape)} do not fit class scores of shape "
+        f"{tuple(outputs.shape)} (classes in dimension 1 or last); pass loss_fn"
+    )
+
+
+@dataclass
+class _Factor:
+    """Accumulates ``sum x^T x`` over rows ``x`` of ``groups`` independent blocks.
+
+    With ``bias``, every row gets a homogeneous 1 appended, implicitly: the extra row and column
+    of the sum are the column sums and the row count. Adds with at least ``dim`` rows go straight
+    into the sum; shorter ones are kept, so a factor with fewer rows than columns in total is
+    decomposed through its (smaller) Gram matrix.
+    """
+
+    dim: int
+    bias: bool = False
+    rows: int = 0
+    cov: torch.Tensor | None = None
+    sums: torch.Tensor | None = None
+    pending: list[torch.Tensor] = field(default_factory=list)
+
+    def add(self, x: torch.Tensor) -> None:
+        self.rows += x.shape[1]
+        if x.shape[1] >= self.dim:
+            self._accumulate(x)
+        else:
+            self.pending.append(x)
+
+    def _accumulate(self, x: torch.Tensor) -> None:
+        cov, sums = x.mT @ x, x.sum(dim=1)
+        self.cov = cov if self.cov is None else self.cov + cov
+        self.sums = sums if self.sums is None else self.sums + sums
+
+    def reduced(self, scale: float) -> tuple[torch.Tensor | None, int]:
+        """A matrix whose eigenvalues, with ``zeros`` more zeros, are those of ``scale * sum``."""
+        if self.cov is None and self.rows < self.dim:
+            if not self.pending:
+                return None, self.dim
+            x = torch.cat(self.pending, dim=1)
+            gram = x @ x.mT + 1 if self.bias else x @ x.mT
+            return scale * gram, self.dim - self.rows
+        for x in self.pending:
+            self._accumulate(x)
+        self.pending = []
+        if not self.bias:
+            return scale * self.cov, 0
+        groups, width = self.sums.shape
+        full = self.cov.new_empty(groups, width + 1, width + 1)
+        full[:, :width, :width] = self.cov
+        full[:, :width, width] = self.sums
+        full[:, width, :width] = self.sums
+        full[:, width, width] = self.rows
+        return scale * full, 0
+
+
+@dataclass
+class _Layer:
+    name: str
+    module: nn.Module
+    call: str
+    groups: int = 1
+    num_weights: int = 0
+    a: _Factor | None = None
+    g: _Factor | None = None
+
+
+class _Capture(TorchFunctionMode):
+    """Records the factors of every Linear/Conv2d layer during one forward and backward pass."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.layers: dict[nn.Module, _Layer] = {}
+        for name, module in model.named_modules():
+            for cls, (_, call) in _CALLS.items():
+                if isinstance(module, cls):
+                    self.layers[module] = _Layer(name, module, call)
+        self.stack: list[_Layer] = []
+        self.gradient_wrt: dict[int, torch.Tensor] = {}
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+        self.requires_grad: dict[torch.nn.Parameter, bool] = {}
+        self.grad_mode = torch.enable_grad()
+
+    def __enter__(self):
+        for module, layer in self.layers.items():
+            self.handles.append(module.register_forward_pre_hook(self._pre_hook(layer)))
+            self.handles.append(module.register_forward_hook(self._post_hook(layer)))
+            for p in module.parameters(recurse=False):
+                self.requires_grad[p] = p.requires_grad
+                p.requires_grad_(True)
+        self.grad_mode.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        super().__exit__(*exc)
+        self.grad_mode.__exit__(*exc)
+        for handle in self.handles:
+            handle.remove()
+        for p, flag in self.requires_grad.items():
+            p.requires_grad_(flag)
+
+    def _pre_hook(self, layer: _Layer):
+        def hook(module, args):
+            self.stack.append(layer)
+
+        return hook
+
+    def _post_hook(self, layer: _Layer):
+        def hook(module, args, output):
+            self.stack.pop()
+
+        return hook
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if self.stack and func is _CALLS_BY_FUNC.get(self.stack[-1].call):
+            self._record(self.stack[-1], out, *_bind(self.stack[-1].call, args, kwargs or {}))
+        return out
+
+    def _record(self, layer: _Layer, out: torch.Tensor, x, weight, bias, *conv) -> None:
+        with torch.no_grad():
+            if layer.call == "linear":
+                groups, rows = 1, x.detach().reshape(1, -1, x.shape[-1])
+            else:
+                groups, rows = conv[-1], _patches(x.detach(), weight.shape, *conv)
+            if layer.a is None:
+                layer.groups = groups
+                layer.num_weights = weight.numel() + (0 if bias is None else bias.numel())
+                layer.a = _Factor(rows.shape[2] + (bias is not None), bias is not None)
+                layer.g = _Factor(weight.shape[0] // groups)
+            layer.a.add(rows)
+        out.register_hook(self._gradient_hook(layer))
+        source = x if x.requires_grad else weight
+        self.gradient_wrt.setdefault(id(source), source)
+
+    def _gradient_hook(self, layer: _Layer):
+        def hook(grad: torch.Tensor) -> None:
+            with torch.no_grad():
+                if layer.call == "linear":
+                    rows = grad.reshape(1, -1, grad.shape[-1])
+                else:
+                    width = grad.shape[1] // layer.groups
+                    rows = grad.permute(0, 2, 3, 1).reshape(-1, layer.groups, width)
+                    rows = rows.transpose(0, 1)
+                layer.g.add(rows)
+
+        return hook
+
+    def gradient_inputs(self) -> list[torch.Tensor]:
+        """Tensors to differentiate the loss with respect to so that every hook fires."""
+        return [t for t in self.gradient_wrt.values() if t.requires_grad]
+
+    def captured_layers(self) -> list[_Layer]:
+        return [layer for layer in self.layers.values() if layer.a is not None]
+
+    def warn_missing(self) -> None:
+        missing = [layer for layer in self.layers.values() if layer.a is None]
+        if missing:
+            names = ", ".join(
+                f"{layer.name} ({type(layer.module).__name__}, no {layer.call} call in its forward)"
+                for layer in missing
+            )
+            warnings.warn(
+                f"K-FAC left out layers it could not see: {names}. Their weights are used "
+                "outside their forward() (as nn.MultiheadAttention.out_proj), not at all, or "
+                "through another operation.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
+
+_CALLS_BY_FUNC = {name: func for func, name in _CALLS.values()}
+
+
+def _bind(call: str, args: tuple, kwargs: dict) -> tuple:
+    """``(input, weight, bias, [stride, padding, dilation, groups])`` of a linear/conv2d call."""
+    names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+    defaults = (None, None, None, 1, 0, 1, 1)
+    count = 3 if call == "linear" else 7
+    values = list(args) + [
+        kwargs.get(k, d) for k, d in zip(names[len(args) :], defaults[len(args) :])
+    ]
+    return tuple(values[:count])
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _patches(x, weight_shape, stride, padding, dilation, groups) -> torch.Tensor:
+    """Conv2d input patches, ``(groups, N * positions, in_channels / groups * kh * kw)``.
+
+    The same patches as ``torch.nn.functional.unfold`` (channel-major, then kernel rows and
+    columns), read through a strided view of the padded input: one copy instead of three.
+    """
+    (kh, kw), (sh, sw), (dh, dw) = weight_shape[2:], _pair(stride), _pair(dilation)
+    if padding == "same":
+        th, tw = dh * (kh - 1), dw * (kw - 1)
+        x = F.pad(x, (tw // 2, tw - tw // 2, th // 2, th - th // 2))
+    elif padding != "valid" and any(_pair(padding)):
+        ph, pw = _pair(padding)
+        x = F.pad(x, (pw, pw, ph, ph))
+    n, channels, height, width = x.shape
+    ho, wo = (height - dh * (kh - 1) - 1) // sh + 1, (width - dw * (kw - 1) - 1) // sw + 1
+    per_group = channels // groups
+    bn, bc, bh, bw = x.stride()
+    view = x.as_strided(
+        (groups, n, ho, wo, per_group, kh, kw),
+        (per_group * bc, bn, bh * sh, bw * sw, bc, bh * dh, bw * dw),
+        x.storage_offset(),
+    )
+    return view.reshape(groups, n * ho * wo, per_group * kh * kw)
+
+
+def _spectra(layers: list[_Layer], n: int) -> list[LayerSpectrum]:
+    """Decomposes every factor, batching ``eigvalsh`` over matrices of the same size."""
+    matrices: list[tuple[int, str, torch.Tensor]] = []
+    zeros: dict[tuple[int, str], int] = {}
+    for i, layer in enumerate(layers):
+        for which, factor, scale in (("A", layer.a, 1.0 / n), ("G", layer.g, n * n / layer.a.rows)):
+            matrix, zeros[i, which] = factor.reduced(scale)
+            if matrix is not None:
+                if not torch.isfinite(matrix).all():
+                    raise DivergedError(
+                        f"the Kronecker factor {which} of layer {layer.name!r} is not finite"
+                    )
+                matrices.append((i, which, matrix))
+    eigs = _batched_eigvalsh(matrices, layers)
+    return [
+        LayerSpectrum(
+            layer.name,
+            layer.num_weights,
+            eigs.get((i, "A"), _empty(layer)),
+            zeros[i, "A"],
+            eigs.get((i, "G"), _empty(layer)),
+            zeros[i, "G"],
+        )
+        for i, layer in enumerate(layers)
+    ]
+
+
+def _empty(layer: _Layer) -> torch.Tensor:
+    reference = layer.module.weight
+    return reference.new_zeros(layer.groups, 0)
+
+
+def _batched_eigvalsh(matrices, layers) -> dict[tuple[int, str], torch.Tensor]:
+    by_size: dict[tuple, list] = {}
+    for i, which, matrix in matrices:
+        by_size.setdefault((matrix.shape[-1], matrix.dtype, matrix.device), []).append(
+            (i, which, matrix)
+        )
+    eigs = {}
+    for batch in by_size.values():
+        stacked = torch.cat([m for _, _, m in batch])
+        try:
+            values = torch.linalg.eigvalsh(stacked)
+        except torch.linalg.LinAlgError as err:
+            names = sorted({layers[i].name for i, _, _ in batch})
+            raise DivergedError(f"eigendecomposition failed for layers {names}: {err}") from err
+        for (i, which, _), part in zip(batch, values.split([m.shape[0] for _, _, m in batch])):
+            eigs[i, which] = part
+    return eigs
