@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import numpy as np
 import torch
 
 N_PROBE_POINTS = 1000
+#: Width of the rows in which functions are evaluated: the probe points, then padding.
+EVALUATION_WIDTH = 1024
 
 
 @functools.cache
@@ -21,3 +24,28 @@ def _points() -> np.ndarray:
 def probe_points() -> torch.Tensor:
     """The 1,000 probe points: ``RandomState(0).normal(size=1000)`` clipped to [-5, 5], float32."""
     return torch.from_numpy(_points().copy())
+
+
+def evaluation_points() -> torch.Tensor:
+    """The probe points as a row of width :data:`EVALUATION_WIDTH` (the rest is padding).
+
+    torch computes the last elements of a row that doesn't fill its SIMD registers with scalar
+    code, which can differ in the last bit. Batches are therefore kept as rows of this width and
+    functions applied to the ``[:, :1000]`` view: torch then loops over each row as over a lone
+    vector of the 1,000 probe points, and a function's outputs are bitwise the same alone or in
+    a batch (on one thread, see :func:`one_thread`).
+    """
+    padded = torch.zeros(EVALUATION_WIDTH)
+    padded[:N_PROBE_POINTS] = probe_points()
+    return padded
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run torch on one thread inside the block: parallel chunks would have their own tails."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

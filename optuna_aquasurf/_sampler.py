@@ -326,15 +326,11 @@ class AquaSurfSampler(BaseSampler):
             return self._outputs
 
     def _claim(self, study, trial, function: int) -> bool:
-        storage = study._storage
-
         def is_stale(trial_id: int) -> bool:
-            try:
-                if storage.get_study_id_from_trial_id(trial_id) != study._study_id:
-                    return True
-                return storage.get_trial(trial_id).state == TrialState.FAIL
-            except KeyError:
-                return True
+            """Whether the holder of a claim failed or is not a trial of this study."""
+            trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+            holder = next((t for t in trials if t._trial_id == trial_id), None)
+            return holder is None or holder.state == TrialState.FAIL
 
         return self._store(study).claim(study._study_id, int(function), trial._trial_id, is_stale)
 

@@ -17,7 +17,12 @@ import torch
 
 from optuna_aquasurf._expression import Expression, X, evaluate
 from optuna_aquasurf._operators import get_operator
-from optuna_aquasurf._probe_points import probe_points
+from optuna_aquasurf._probe_points import (
+    EVALUATION_WIDTH,
+    N_PROBE_POINTS,
+    evaluation_points,
+    probe_points,
+)
 
 #: Families whose outputs fit in this many bytes keep them.
 CACHE_BYTES = 64 * 2**20
@@ -38,7 +43,8 @@ class Slot(ABC):
 
     @abstractmethod
     def outputs(self, index: np.ndarray) -> torch.Tensor:
-        """Float32 outputs of the members ``index`` at the probe points, one row each."""
+        """Outputs of the members ``index``: rows of the width of :func:`evaluation_points`
+        whose first 1,000 columns hold the float32 outputs at the probe points."""
 
 
 class InputSlot(Slot):
@@ -53,7 +59,7 @@ class InputSlot(Slot):
         return 0 if node == X else None
 
     def outputs(self, index: np.ndarray) -> torch.Tensor:
-        return probe_points().expand(len(index), -1)
+        return evaluation_points().expand(len(index), -1)
 
 
 class CallSlot(Slot):
@@ -66,7 +72,7 @@ class CallSlot(Slot):
         self._radices = [len(self.ops)] + [c.size for c in self.children]
         self.size = math.prod(self._radices)
         self._cache: torch.Tensor | None = None
-        if self.size * len(probe_points()) * 4 <= CACHE_BYTES:
+        if self.size * EVALUATION_WIDTH * 4 <= CACHE_BYTES:
             self._cache = self.outputs(np.arange(self.size))
 
     def _digits(self, index: np.ndarray) -> list[np.ndarray]:
@@ -101,12 +107,12 @@ class CallSlot(Slot):
             return self._cache[torch.from_numpy(np.asarray(index, dtype=np.int64))]
         op_numbers, *members = self._digits(index)
         args = [child.outputs(m) for child, m in zip(self.children, members)]
-        out = torch.empty(len(op_numbers), len(probe_points()))
+        out = torch.empty(len(op_numbers), EVALUATION_WIDTH)
         for k in np.unique(op_numbers):
             rows = torch.from_numpy(op_numbers == k)
             function = get_operator(self.ops[k]).function
             with torch.no_grad():
-                out[rows] = function(*(a[rows] for a in args))
+                out[rows, :N_PROBE_POINTS] = function(*(a[rows][:, :N_PROBE_POINTS] for a in args))
         return out
 
 
@@ -127,6 +133,8 @@ class ListSlot(Slot):
     def outputs(self, index: np.ndarray) -> torch.Tensor:
         x = probe_points()
         memo: dict[Expression, torch.Tensor] = {}
+        out = torch.empty(len(index), EVALUATION_WIDTH)
         with torch.no_grad():
-            rows = [evaluate(self.trees[i], x, memo).expand_as(x) for i in index]
-        return torch.stack(rows) if rows else torch.empty(0, len(x))
+            for row, i in enumerate(index):
+                out[row, :N_PROBE_POINTS] = evaluate(self.trees[i], x, memo)
+        return out

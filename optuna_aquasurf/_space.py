@@ -19,7 +19,7 @@ from optuna_aquasurf._expression import (
     unknown_name_message,
 )
 from optuna_aquasurf._operators import NARY, get_operator, operator_names
-from optuna_aquasurf._probe_points import probe_points
+from optuna_aquasurf._probe_points import EVALUATION_WIDTH, N_PROBE_POINTS, one_thread
 from optuna_aquasurf._slots import CallSlot, InputSlot, ListSlot, Slot
 
 #: Placeholder words of schemas and the arity of the operators they stand for.
@@ -122,7 +122,8 @@ class SearchSpace:
             "n-ary": _operator_subset("nary", nary, NARY),
         }
         shared: dict[Expression, Slot] = {}
-        slots = [_slot_of(parse(s, _check_schema_call), choices, shared) for s in schemas]
+        with one_thread():
+            slots = [_slot_of(parse(s, _check_schema_call), choices, shared) for s in schemas]
         if not slots:
             raise ValueError("give at least one schema")
         lists = "; ".join(f"{k}={','.join(v)}" for k, v in choices.items())
@@ -186,7 +187,8 @@ class SearchSpace:
 
     def find_equivalent(self, expression: str) -> int | None:
         """Position of the function that computes the same outputs as ``expression``, if any."""
-        outputs = ListSlot([parse(expression)]).outputs(np.array([0]))
+        with one_thread():
+            outputs = ListSlot([parse(expression)]).outputs(np.array([0]))[:, :N_PROBE_POINTS]
         return self._digests.get(next(iter(_row_digests(outputs))))
 
     @property
@@ -202,7 +204,7 @@ class SearchSpace:
             self._name_outputs(names[i : i + self._batch_size])
             for i in range(0, len(names), self._batch_size)
         ]
-        return torch.cat(parts) if parts else torch.empty(0, len(probe_points()))
+        return torch.cat(parts) if parts else torch.empty(0, N_PROBE_POINTS)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -236,12 +238,14 @@ class SearchSpace:
         return None
 
     def _name_outputs(self, names: np.ndarray) -> torch.Tensor:
+        """Outputs at the probe points of the names with these numbers."""
         slot_numbers = np.searchsorted(self._offsets, names, side="right") - 1
-        out = torch.empty(len(names), len(probe_points()))
-        for k in np.unique(slot_numbers):
-            rows = slot_numbers == k
-            out[torch.from_numpy(rows)] = self._slots[k].outputs(names[rows] - self._offsets[k])
-        return out
+        out = torch.empty(len(names), EVALUATION_WIDTH)
+        with one_thread():
+            for k in np.unique(slot_numbers):
+                rows = torch.from_numpy(slot_numbers == k)
+                out[rows] = self._slots[k].outputs(names[rows.numpy()] - self._offsets[k])
+        return out[:, :N_PROBE_POINTS]
 
 
 def _row_digests(outputs: torch.Tensor) -> Iterator[bytes]:

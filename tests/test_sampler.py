@@ -1,0 +1,261 @@
+import subprocess
+import sys
+
+import optuna
+import pytest
+import sqlalchemy as sa
+import torch
+from optuna.testing.pytest_samplers import BasicSamplerTestCase, MultiObjectiveSamplerTestCase
+
+from optuna_aquasurf import AquaSurfSampler, SearchSpace, suggest_activation
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+UNARY = ["zero", "one", "identity", "relu", "tanh", "sigmoid", "abs", "swish", "elu", "softsign"]
+
+
+@pytest.fixture(scope="module")
+def space():
+    return SearchSpace.from_schemas(["binary(unary(x),unary(x))"], unary=UNARY)
+
+
+class TestBasic(BasicSamplerTestCase):
+    @pytest.fixture
+    def sampler(self, space):
+        return lambda: AquaSurfSampler(space)
+
+
+class TestMultiObjective(MultiObjectiveSamplerTestCase):
+    @pytest.fixture
+    def sampler(self, space):
+        return lambda: AquaSurfSampler(space)
+
+
+X = torch.linspace(-3, 3, 61)
+
+
+def closeness_to_gelu(trial):
+    """A cheap objective: how close the suggested function is to gelu, in [-inf, 0]."""
+    act = suggest_activation(trial)
+    trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+    error = ((act(X) - torch.nn.functional.gelu(X)) ** 2).mean().item()
+    return -min(error, 1e6)
+
+
+def run_study(space, storage, n_trials, seed=0, **kwargs):
+    sampler = AquaSurfSampler(space, seed=seed, **kwargs)
+    study = optuna.create_study(
+        direction="maximize", sampler=sampler, storage=storage, study_name="s", load_if_exists=True
+    )
+    study.optimize(closeness_to_gelu, n_trials=n_trials)
+    return study
+
+
+def activations(study):
+    return [t.user_attrs["activation"] for t in study.trials]
+
+
+def test_baselines_first_then_no_repeats_and_readable_params(space, tmp_path):
+    study = run_study(space, f"sqlite:///{tmp_path}/s.db", n_trials=20)
+    names = activations(study)
+    assert names[:6] == ["elu(x)", "relu(x)", "sigmoid(x)", "softsign(x)", "swish(x)", "tanh(x)"]
+    functions = [space.find_equivalent(n) for n in names]
+    assert len(set(functions)) == 20
+    assert all(space[f].finite for f in functions)
+    frame = study.trials_dataframe()
+    assert frame["user_attrs_activation"].tolist() == names
+    assert "lr" in study.best_params
+
+
+def test_same_seed_same_suggestions_in_another_process(space, tmp_path):
+    code = f"""
+import optuna, sys
+sys.path.insert(0, {str(tmp_path)!r})
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+from tests.test_sampler import run_study, UNARY, activations
+from optuna_aquasurf import SearchSpace
+space = SearchSpace.from_schemas(["binary(unary(x),unary(x))"], unary=UNARY)
+print("|".join(activations(run_study(space, None, n_trials=16))))
+"""
+    here = run_study(space, None, n_trials=16)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip().split("|") == activations(here)
+
+
+def test_resume_from_sqlite_in_another_process_reuses_the_embedding(space, tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    first = activations(run_study(space, url, n_trials=12))
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        stored = connection.execute(sa.text("select count(*) from aquasurf_embeddings")).scalar()
+    assert stored == 1
+    code = f"""
+import optuna
+from tests.test_sampler import run_study, UNARY, activations
+from optuna_aquasurf import SearchSpace
+import optuna_aquasurf._embedding as e
+def fail(*a, **k):
+    raise AssertionError("embedding recomputed")
+e.embed = fail
+space = SearchSpace.from_schemas(["binary(unary(x),unary(x))"], unary=UNARY)
+print("|".join(activations(run_study(space, {url!r}, n_trials=6))))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    both = result.stdout.strip().split("|")
+    assert both[:12] == first and len(both) == 18
+    assert len({space.find_equivalent(n) for n in both}) == 18
+    loaded = optuna.load_study(study_name="s", storage=url)
+    assert len(loaded.trials) == 18
+
+
+def test_parameter_storage_is_small(space, tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    run_study(space, url, n_trials=10)
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        params = connection.execute(
+            sa.text("select sum(length(distribution_json)) from trial_params")
+        ).scalar()
+        attrs = connection.execute(
+            sa.text("select sum(length(value_json)) from trial_user_attributes")
+        ).scalar()
+    assert (params + attrs) / 10 < 2000
+
+
+def test_enqueued_and_outside_expressions(space):
+    sampler = AquaSurfSampler(space, seed=0, baselines=["relu(x)"])
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.enqueue_trial({"activation": "gelu(x)"})
+    study.enqueue_trial({"activation": "max( x, zero(x) )"})
+    study.optimize(closeness_to_gelu, n_trials=5)
+    names = activations(study)
+    assert names[:2] == ["gelu(x)", "max(x,zero(x))"]
+    assert "relu(x)" not in names  # the enqueued max(x,zero(x)) is relu: not tried twice
+    function, exact = sampler.locate("gelu(x)")
+    assert not exact and 0 <= function < len(space)
+    assert study.best_trial.user_attrs["activation"] == "gelu(x)"
+
+
+def test_user_space_as_a_plain_list():
+    sampler = AquaSurfSampler(["relu(x)", "tanh(x)", "abs(x)", "swish(x)", "max(x,zero(x))"])
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(closeness_to_gelu, n_trials=4)
+    assert len(sampler.space) == 4
+    with pytest.raises(RuntimeError, match="every function of the search space"):
+        study.optimize(closeness_to_gelu, n_trials=1, catch=())
+
+
+def test_failed_trials_count_as_the_worst_score(space):
+    sampler = AquaSurfSampler(space, seed=0, baselines=["relu(x)", "tanh(x)", "exp(x)"])
+
+    def objective(trial):
+        act = suggest_activation(trial)
+        value = act(X).abs().max().item()
+        if value > 10:
+            raise ValueError("diverged")
+        return -value
+
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(objective, n_trials=12, catch=(ValueError,))
+    functions, scores = sampler._observations(study, "activation", exclude=None)
+    failed = {
+        sampler.locate(t.user_attrs["activation"])[0]
+        for t in study.trials
+        if t.state == optuna.trial.TrialState.FAIL
+    }
+    assert failed
+    worst = min(t.value for t in study.trials if t.value is not None)
+    for function, score in zip(functions, scores):
+        if function in failed:
+            assert score == worst
+
+
+def test_pruned_trials_use_their_last_value(space):
+    sampler = AquaSurfSampler(space, seed=0)
+
+    def objective(trial):
+        suggest_activation(trial)
+        trial.report(-float(trial.number), step=0)
+        if trial.number % 2:
+            raise optuna.TrialPruned()
+        return 1.0
+
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(objective, n_trials=6)
+    functions, scores = sampler._observations(study, "activation", exclude=None)
+    assert sorted(scores.tolist()) == [-5.0, -3.0, -1.0, 1.0, 1.0, 1.0]
+
+
+def test_minimize_direction_prefers_low_values(space):
+    sampler = AquaSurfSampler(space, seed=0, acquisition="greedy")
+
+    def objective(trial):
+        return -closeness_to_gelu(trial)
+
+    study = optuna.create_study(direction="minimize", sampler=sampler)
+    study.optimize(objective, n_trials=25)
+    maximize = run_study(space, None, n_trials=25, acquisition="greedy")
+    assert activations(study) == activations(maximize)
+
+
+def test_threads_never_train_the_same_function(space):
+    sampler = AquaSurfSampler(space, seed=0)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(closeness_to_gelu, n_trials=24, n_jobs=4)
+    functions = [space.find_equivalent(n) for n in activations(study)]
+    assert len(set(functions)) == 24
+
+
+def test_multi_objective_is_a_clear_error(space):
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=AquaSurfSampler(space))
+    with pytest.raises(ValueError, match="one objective"):
+        study.optimize(lambda t: (suggest_activation(t) and 0.0, 0.0), n_trials=1, catch=())
+
+
+def test_other_sampler_is_a_clear_error():
+    study = optuna.create_study()
+    with pytest.raises(TypeError, match="sampler=AquaSurfSampler"):
+        study.optimize(lambda t: suggest_activation(t) and 0.0, n_trials=1, catch=())
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(acquisition="ucb"), "acquisition must be one of"),
+        (dict(n_design=-1), "n_design"),
+        (dict(exploration=-0.5), "exploration"),
+        (dict(baselines=["relu("]), "position"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AquaSurfSampler(["relu(x)", "tanh(x)"], **kwargs)
+
+
+def test_deleting_a_study_leaves_nothing_that_breaks_a_new_one(space, tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    first = activations(run_study(space, url, n_trials=10))
+    optuna.delete_study(study_name="s", storage=url)
+    again = activations(run_study(space, url, n_trials=10))
+    assert again == first
+
+
+def test_two_processes_on_one_sqlite_study_never_share_a_function(space, tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    run_study(space, url, n_trials=1)  # create the study and its embedding once
+    code = f"""
+import optuna
+from tests.test_sampler import run_study, UNARY
+from optuna_aquasurf import SearchSpace
+space = SearchSpace.from_schemas(["binary(unary(x),unary(x))"], unary=UNARY)
+run_study(space, {url!r} + "?timeout=30", n_trials=15, seed=None)
+"""
+    workers = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(2)]
+    assert [w.wait(timeout=300) for w in workers] == [0, 0]
+    study = optuna.load_study(study_name="s", storage=url)
+    functions = [space.find_equivalent(n) for n in activations(study)]
+    assert len(functions) == 31
+    assert len(set(functions)) == 31
