@@ -1,30 +1,33 @@
-"""optuna-aquasurf: find better activation functions for your own network, as an Optuna search."""
+"""optuna-aquasurf: find better activation functions for your own network, as an Optuna search.
 
-from optuna_aquasurf._activation import ActivationFunction
-from optuna_aquasurf._expression import Expression, ExpressionError, canonical, parse
-from optuna_aquasurf._operators import (
-    ALL_BINARY,
-    ALL_NARY,
-    ALL_UNARY,
-    PAPER_UNARY,
-    Operator,
-    register_operator,
-)
-from optuna_aquasurf._space import Candidate, SearchSpace
+Public names are imported on first use (as Optuna does), so ``import optuna_aquasurf`` is quick and
+torch, optuna and scikit-learn load only when needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-# The sampler pulls in optuna and scikit-learn: imported on first use, as optuna does.
-_LAZY = {"AquaSurfSampler": "_sampler", "suggest_activation": "_sampler"}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"optuna_aquasurf.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'optuna_aquasurf' has no attribute {name!r}")
-
+_EXPORTS = {
+    "ActivationFunction": "_activation",
+    "AquaSurfSampler": "_sampler",
+    "suggest_activation": "_sampler",
+    "Candidate": "_space",
+    "SearchSpace": "_space",
+    "Expression": "_expression",
+    "ExpressionError": "_expression",
+    "canonical": "_expression",
+    "parse": "_expression",
+    "ALL_BINARY": "_operators",
+    "ALL_NARY": "_operators",
+    "ALL_UNARY": "_operators",
+    "PAPER_UNARY": "_operators",
+    "Operator": "_operators",
+    "register_operator": "_operators",
+}
 
 __all__ = [
     "ALL_BINARY",
@@ -43,3 +46,29 @@ __all__ = [
     "register_operator",
     "suggest_activation",
 ]
+
+if TYPE_CHECKING:
+    from optuna_aquasurf._activation import ActivationFunction
+    from optuna_aquasurf._expression import Expression, ExpressionError, canonical, parse
+    from optuna_aquasurf._operators import (
+        ALL_BINARY,
+        ALL_NARY,
+        ALL_UNARY,
+        PAPER_UNARY,
+        Operator,
+        register_operator,
+    )
+    from optuna_aquasurf._sampler import AquaSurfSampler, suggest_activation
+    from optuna_aquasurf._space import Candidate, SearchSpace
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'optuna_aquasurf' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"optuna_aquasurf.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
