@@ -1,0 +1,359 @@
+"""Put a new activation at every main activation site of a model."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import itertools
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._functional import TraceFailure, rewrite_functional
+from ._policy import SwapPolicy
+from ._probe import Probe, candidate_inputs, probe
+from ._report import FUNCTIONAL_LEFT, FUNCTIONAL_REWRITTEN, REPLACED, Site, SwapReport
+
+ActivationSpec = nn.Module | str | Callable[[], nn.Module]
+
+
+class PerCallActivation(nn.Module):
+    """One activation module per call of a module the model calls several times per forward.
+
+    torchvision's ResNet blocks call their single ``relu`` twice. After a swap that site holds a
+    ``PerCallActivation`` whose ``calls[i]`` serves the i-th call of each forward pass. The
+    position wraps around after ``len(calls)`` calls, so it relies on every forward pass making
+    the same calls as the probe pass did; a forward pass that raises midway leaves it shifted
+    (:meth:`reset` puts it back). With a parameter-free activation every order gives the same
+    outputs.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from optuna_aquasurf.integrations import PerCallActivation
+    >>> act = PerCallActivation([nn.Tanh(), nn.Softsign()])
+    >>> x = torch.ones(1)
+    >>> [round(act(x).item(), 3) for _ in range(3)]
+    [0.762, 0.5, 0.762]
+    """
+
+    def __init__(self, calls: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.calls = nn.ModuleList(calls)
+        self.position = 0
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        module = self.calls[self.position]
+        self.position = (self.position + 1) % len(self.calls)
+        return module(input)
+
+    def reset(self) -> None:
+        """Make the next call the first of a forward pass."""
+        self.position = 0
+
+
+@dataclass
+class _NewModule:
+    """A new activation module at ``path``, before splitting it per call."""
+
+    path: str
+    module: nn.Module
+    original: str
+    action: str
+    note: str
+
+
+def swap_activations(
+    model: nn.Module,
+    activation: ActivationSpec,
+    *,
+    policy: SwapPolicy | None = None,
+    example_input: torch.Tensor | tuple[Any, ...] | None = None,
+    inplace: bool = False,
+) -> tuple[nn.Module, SwapReport]:
+    """Replace the main activations of ``model`` by ``activation``.
+
+    1. Every activation module the policy selects (``nn.ReLU``, ``nn.GELU``, ``nn.SiLU``, timm's
+       ``GELU``/``Swish``/``HardSwish``... see :class:`SwapPolicy`) is replaced, path by path, by
+       its own copy of ``activation``. Gates (squeeze-excitation, attention, sigmoids) are kept.
+    2. One probe forward pass in eval mode and one in train mode (no gradients; BatchNorm
+       statistics, modes and random state restored) count the calls of each new module and the
+       functional activations (``F.relu``, ``torch.relu_``, ``x.relu()``, ``F.gelu``,
+       ``F.silu``, ``F.hardswish``...) made outside activation modules.
+    3. A new module called ``n > 1`` times per forward (torchvision ResNet's ``relu``) becomes a
+       :class:`PerCallActivation` holding ``n`` copies, one per call.
+    4. A module whose own ``forward`` makes functional activation calls is traced with torch.fx
+       (that module only; submodules stay leaves; timm's not-traceable modules and functions are
+       honoured) and each call goes to a new child ``functional_act<i>``. Calls that cannot be
+       rewritten are reported as ``"functional-left"`` with a warning. When calls were
+       rewritten, the probe runs once more to check that none are left.
+
+    Models without functional activations are never traced. With a parameter-free activation
+    the swapped model's ``state_dict`` has the same keys, so checkpoints of the original load
+    with ``strict=True``.
+
+    Parameters
+    ----------
+    model
+        Any ``nn.Module``, on any device, in any mode.
+    activation
+        An ``nn.Module`` (each site gets its own ``copy.deepcopy``), an expression string for
+        ``optuna_aquasurf.ActivationFunction`` (e.g. ``"mul(swish(x),erf(x))"``), or a
+        zero-argument callable returning a new module (e.g. ``nn.Tanh``).
+    policy
+        Which sites to replace; ``SwapPolicy()`` by default.
+    example_input
+        Input for the probe forward passes: a tensor, or a tuple of positional arguments. When
+        omitted, an image batch of 2 is inferred for models with an ``nn.Conv2d``: channels from
+        the first convolution; the first size that runs of a timm ViT's ``patch_embed.img_size``,
+        64x64, 128x128, timm's ``pretrained_cfg['input_size']``, 224x224 and 299x299.
+    inplace
+        Modify and return ``model`` itself instead of a deep copy.
+
+    Returns
+    -------
+    model : nn.Module
+        The swapped model (a copy unless ``inplace``).
+    report : SwapReport
+        Every site with its action; ``print(report)`` shows a table.
+
+    Notes
+    -----
+    A module rewritten for its functional calls is not turned into a ``torch.fx.GraphModule``:
+    the generated ``forward`` is installed on a subclass of the module's own class, for that
+    instance only, so the model keeps its classes, methods (``forward_features``...),
+    attributes and ``state_dict`` keys. Python values the traced ``forward`` reads (flags,
+    constants) are fixed at their values at swap time, except ``self.training``: both modes
+    are traced. Such a module cannot be pickled whole (``torch.save(model)`` raises); save its
+    ``state_dict``. ``copy.deepcopy`` works.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from optuna_aquasurf.integrations import swap_activations
+    >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.GELU())
+    >>> new, report = swap_activations(net, nn.Tanh(), example_input=torch.randn(1, 3, 8, 8))
+    >>> report.counts["replaced"]
+    2
+    >>> print(report)
+    path  original  action    note
+    ----  --------  --------  ----
+    1     ReLU      replaced
+    3     GELU      replaced
+    2 sites: 2 replaced
+    """
+    make = _activation_factory(activation)
+    policy = policy or SwapPolicy()
+    if not inplace:
+        model = copy.deepcopy(model)
+    named = dict(model.named_modules(remove_duplicate=False))
+    order = {path: index for index, path in enumerate(named)}
+    sites: list[Site] = []
+    new, kept = _replace_modules(model, named, make, policy, sites)
+
+    if example_input is None:
+        inputs = candidate_inputs(model)
+    else:
+        inputs = [example_input if isinstance(example_input, tuple) else (example_input,)]
+    watched = [n.module for n in new]
+    activations = _activations(model, new, kept)
+    probes, example = probe(model, inputs, watched=watched, activations=activations)
+    _split_reused(model, new, probes, make, sites)
+
+    rewritten, left = _rewrite_functional(model, named, probes, make, policy, sites)
+    if rewritten:
+        activations = _activations(model, new + rewritten, kept)
+        probes, _ = probe(model, [example], [n.module for n in rewritten], activations)
+        _split_reused(model, rewritten, probes, make, sites)
+        left += _missed_calls(named, rewritten, probes)
+    for module in model.modules():
+        if isinstance(module, PerCallActivation):
+            module.reset()
+
+    sites += left
+    sites.sort(key=lambda site: _order_key(site.path, order))
+    report = SwapReport(sites)
+    _warn(report)
+    return model, report
+
+
+def _activation_factory(activation: ActivationSpec) -> Callable[[], nn.Module]:
+    if isinstance(activation, str):
+        from optuna_aquasurf import ActivationFunction
+
+        activation = ActivationFunction(activation)
+    if isinstance(activation, nn.Module):
+        template = activation
+        return lambda: copy.deepcopy(template)
+    if callable(activation):
+
+        def make() -> nn.Module:
+            module = activation()
+            if not isinstance(module, nn.Module):
+                raise TypeError(
+                    f"the activation factory {activation!r} returned {type(module).__name__}, "
+                    "not an nn.Module"
+                )
+            return module
+
+        make()
+        return make
+    raise TypeError(
+        "activation must be an nn.Module, an expression string or a zero-argument callable "
+        f"returning an nn.Module, got {type(activation).__name__}"
+    )
+
+
+def _chain(named: dict[str, nn.Module], path: str) -> list[nn.Module]:
+    parts = path.split(".") if path else []
+    return [named[".".join(parts[:i])] for i in range(len(parts) + 1)]
+
+
+def _activations(model, new: list[_NewModule], kept: list[nn.Module]) -> list[nn.Module]:
+    """All activation modules: kept ones, and the new ones with their per-call copies."""
+    return kept + [m for item in new for m in model.get_submodule(item.path).modules()]
+
+
+def _new_activation(make: Callable[[], nn.Module], parent: nn.Module) -> nn.Module:
+    """A new activation module on its parent's device and in its parent's mode."""
+    module = make()
+    tensor = next(itertools.chain(parent.parameters(), parent.buffers()), None)
+    if tensor is not None:
+        module.to(tensor.device)
+    return module.train(parent.training)
+
+
+def _replace_modules(model, named, make, policy, sites) -> tuple[list[_NewModule], list[nn.Module]]:
+    types = policy.activation_types()
+    new, kept = [], []
+    for path, module in named.items():
+        if not path or not isinstance(module, types):
+            continue
+        parent_path, _, name = path.rpartition(".")
+        parent = named[parent_path]
+        if parent._modules.get(name) is not module:  # already replaced through a shared parent
+            continue
+        chain = _chain(named, path)
+        if any(isinstance(ancestor, types) for ancestor in chain[1:-1]):  # part of another site
+            continue
+        action, note = policy.decide(path, chain)
+        if action == REPLACED:
+            dropped = [parameter for parameter, _ in module.named_parameters()]
+            if dropped:
+                note = "; ".join(filter(None, [note, f"drops parameters {', '.join(dropped)}"]))
+            replacement = _new_activation(make, parent)
+            setattr(parent, name, replacement)
+            new.append(_NewModule(path, replacement, type(module).__name__, action, note))
+        else:
+            kept.append(module)
+            sites.append(Site(path, type(module).__name__, action, note))
+    return new, kept
+
+
+def _calls_per_forward(probes: dict[str, Probe], module: nn.Module, path: str) -> int:
+    counts = {mode: result.calls[id(module)] for mode, result in probes.items()}
+    if len({n for n in counts.values() if n}) > 1:
+        described = " and ".join(f"{n} times in {mode} mode" for mode, n in counts.items())
+        warnings.warn(
+            f"{path} is called {described}; the order of its per-call copies "
+            "follows the mode with more calls",
+            stacklevel=4,
+        )
+    return max(counts.values())
+
+
+def _split_reused(model, new, probes, make, sites) -> None:
+    """Give each call of a reused new module its own copy; record the sites."""
+    for item in new:
+        calls = _calls_per_forward(probes, item.module, item.path)
+        if calls <= 1:
+            note = item.note or ("" if calls else "not called by the probe forward pass")
+            sites.append(Site(item.path, item.original, item.action, note))
+            continue
+        parent_path, _, name = item.path.rpartition(".")
+        parent = model.get_submodule(parent_path)
+        copies = [item.module] + [_new_activation(make, parent) for _ in range(calls - 1)]
+        setattr(parent, name, PerCallActivation(copies))
+        for index in range(calls):
+            note = f"call {index + 1} of {calls} of a reused module"
+            sites.append(Site(f"{item.path}.calls.{index}", item.original, item.action, note))
+
+
+def _functional_calls(probes: dict[str, Probe]) -> dict[int, list[str]]:
+    """Functional calls per calling module, from the mode that made more of them."""
+    calls: dict[int, list[str]] = {}
+    for result in probes.values():
+        for module_id, names in result.functional.items():
+            if len(names) > len(calls.get(module_id, ())):
+                calls[module_id] = names
+    return calls
+
+
+def _rewrite_functional(model, named, probes, make, policy, sites):
+    rewritten: list[_NewModule] = []
+    left: list[Site] = []
+    classes: dict[tuple, type] = {}
+    path_of = {id(m): path for path, m in reversed(named.items())}
+    for module_id, names in _functional_calls(probes).items():
+        path = path_of[module_id]
+        module = named[path]
+        action, note = policy.decide(path, _chain(named, path))
+        if action != REPLACED:
+            sites += [Site(path, name, action, note) for name in names]
+            continue
+        try:
+            children = rewrite_functional(
+                module, functools.partial(_new_activation, make, module), classes
+            )
+        except TraceFailure as failure:
+            left += [Site(path, name, FUNCTIONAL_LEFT, str(failure)) for name in names]
+            continue
+        where = f"in {type(module).__name__}.forward"
+        for child, name in children:
+            child_path = f"{path}.{child}" if path else child
+            new = _NewModule(
+                child_path, module.get_submodule(child), name, FUNCTIONAL_REWRITTEN, where
+            )
+            rewritten.append(new)
+    return rewritten, left
+
+
+def _missed_calls(named, rewritten: list[_NewModule], probes: dict[str, Probe]) -> list[Site]:
+    """Functional calls still made by rewritten modules (hidden from torch.fx)."""
+    rewritten_paths = {item.path.rpartition(".")[0] for item in rewritten}
+    path_of = {id(m): path for path, m in reversed(named.items())}
+    missed = []
+    for module_id, names in _functional_calls(probes).items():
+        path = path_of.get(module_id)
+        if path in rewritten_paths:
+            note = "missed by torch.fx (inside a function it does not trace?)"
+            missed += [Site(path, name, FUNCTIONAL_LEFT, note) for name in names]
+    return missed
+
+
+def _order_key(path: str, order: dict[str, int]) -> int:
+    """Position of the site's closest ancestor in the original module order."""
+    while path not in order:
+        path = path.rpartition(".")[0]
+    return order[path]
+
+
+def _warn(report: SwapReport) -> None:
+    left = [site for site in report.sites if site.action == FUNCTIONAL_LEFT]
+    if left:
+        lines = "\n".join(f"  {s.path or '(model)'}: {s.original} ({s.note})" for s in left)
+        warnings.warn(
+            f"{len(left)} functional activation call(s) were left unchanged:\n{lines}",
+            stacklevel=3,
+        )
+    if not report.counts[REPLACED] and not report.counts[FUNCTIONAL_REWRITTEN]:
+        warnings.warn(
+            "swap_activations replaced no activation; see the report for what was kept",
+            stacklevel=3,
+        )
