@@ -86,6 +86,8 @@ class AquaSurfSampler(BaseSampler):
         Sampler of all other parameters; default ``TPESampler(seed=seed)``.
     include_non_finite
         Also suggest functions that are infinite or NaN at some probe points.
+    use_outputs
+        Use the output features in the map; False (with a probe) maps by Fisher features alone.
 
     Examples
     --------
@@ -118,6 +120,7 @@ class AquaSurfSampler(BaseSampler):
         seed: int | None = None,
         independent_sampler: BaseSampler | None = None,
         include_non_finite: bool = False,
+        use_outputs: bool = True,
     ):
         if acquisition not in _acquisition.ACQUISITIONS:
             raise ValueError(
@@ -127,6 +130,8 @@ class AquaSurfSampler(BaseSampler):
             raise ValueError(f"n_design must be >= 0, got {n_design}")
         if not exploration >= 0:
             raise ValueError(f"exploration must be >= 0, got {exploration}")
+        if not use_outputs and probe is None:
+            raise ValueError("use_outputs=False needs a probe: the map needs some features")
         if space is not None and not isinstance(space, SearchSpace):
             space = SearchSpace.from_expressions(list(space))
         self._space = space
@@ -140,6 +145,7 @@ class AquaSurfSampler(BaseSampler):
         self._rng = np.random.RandomState(seed)
         self._independent_sampler = independent_sampler or TPESampler(seed=seed)
         self._include_non_finite = include_non_finite
+        self._use_outputs = use_outputs
         self._lock = threading.RLock()
         self._fixed_params: dict[int, dict[str, Any]] = {}
         self._maps: dict[str, np.ndarray] = {}
@@ -340,9 +346,10 @@ class AquaSurfSampler(BaseSampler):
         return store_for(study._storage)
 
     def _map_key(self) -> str:
-        probe = self._probe.fingerprint if self._probe is not None else "outputs-only"
+        probe = self._probe.fingerprint if self._probe is not None else "no-probe"
         seed = 0 if self._seed is None else self._seed
-        return hashlib.sha256(f"{self.space.fingerprint}|{probe}|{seed}".encode()).hexdigest()
+        identity = f"{self.space.fingerprint}|{probe}|outputs={self._use_outputs}|{seed}"
+        return hashlib.sha256(identity.encode()).hexdigest()
 
     def _map(self, study: optuna.Study | None) -> np.ndarray:
         with self._lock:
@@ -355,7 +362,8 @@ class AquaSurfSampler(BaseSampler):
                     seed = 0 if self._seed is None else self._seed
                     from optuna_aquasurf._embedding import embed
 
-                    saved = [embed(self._output_features(), fisher, seed)]
+                    outputs = self._output_features() if self._use_outputs else None
+                    saved = [embed(outputs, fisher, seed)]
                     store.save("embeddings", key, saved)
                 self._maps[key] = saved[0]
             return self._maps[key]

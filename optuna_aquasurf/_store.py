@@ -84,18 +84,24 @@ class Store(ABC):
 
 
 class MemoryStore(Store):
-    """A store for in-memory and journal storages: thread-safe, gone with the process."""
+    """A store for in-memory and journal storages: thread-safe, gone with the process.
+
+    Embeddings and features are keyed by their content, so all memory stores of a process share
+    them; claims belong to one storage (study ids repeat between storages).
+    """
+
+    _entries: dict[tuple[str, str, int], list[np.ndarray]] = {}
+    _entries_lock = threading.Lock()
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._entries: dict[tuple[str, str, int], list[np.ndarray]] = {}
         self._claims: dict[tuple[int, int], int] = {}
 
     def load(self, table, key, chunk=0):
         return self._entries.get((table, key, chunk))
 
     def save(self, table, key, arrays, chunk=0):
-        with self._lock:
+        with self._entries_lock:
             self._entries.setdefault((table, key, chunk), arrays)
 
     def claim(self, study_id, function, trial_id, is_stale):

@@ -61,6 +61,12 @@ def fisher_features(
     DivergedError
         When the model outputs, the loss or a Kronecker factor is not finite (the message names the
         layer or the loss).
+
+    Notes
+    -----
+    Eigenvalues below the numerical-rank tolerance ``max(eigenvalues) * d * eps`` of their factor
+    count as zeros, and log-eigenvalues are clipped to ``[-50, 50]`` (zeros become ``-50``), so
+    every one of the ``num_weights`` sums falls in ``[-100, 100]``.
     """
     spectra = kfac_spectra(model, inputs, targets, loss_fn, fisher, seed)
     return spectra_features(spectra, bins)

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-#: The functional call each layer type makes, and its name for messages.
-_CALLS = {nn.Linear: (F.linear, "linear"), nn.Conv2d: (F.conv2d, "conv2d")}
+#: The functional call each probed layer type makes in its forward.
+_CALLS = {nn.Linear: F.linear, nn.Conv2d: F.conv2d}
 
 FISHER_TYPES = ("empirical", "model")
 
@@ -130,6 +130,35 @@ def kfac_spectra(
     seed: int = 0,
 ) -> list[LayerSpectrum]:
     """The spectra of :func:`kfac_eigenvalues`, one per captured layer, in module order."""
+    return decompose(kfac_factors(model, inputs, targets, loss_fn, fisher, seed))
+
+
+@dataclass
+class LayerFactors:
+    """The Kronecker factors of one layer, reduced to the smaller Gram side where it is smaller.
+
+    ``a`` (``groups x m x m``) has the eigenvalues of ``A`` except for ``zeros_a`` further zeros;
+    the same for ``g``.
+    """
+
+    name: str
+    num_weights: int
+    groups: int
+    a: torch.Tensor
+    zeros_a: int
+    g: torch.Tensor
+    zeros_g: int
+
+
+def kfac_factors(
+    model: nn.Module,
+    inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    targets: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    fisher: str = "empirical",
+    seed: int = 0,
+) -> list[LayerFactors]:
+    """The factors of :func:`kfac_eigenvalues`, before :func:`decompose`."""
     if fisher not in FISHER_TYPES:
         raise ValueError(f"fisher must be one of {FISHER_TYPES}, got {fisher!r}")
     n = targets.shape[0]
@@ -152,7 +181,7 @@ def kfac_spectra(
         if loss.requires_grad and wrt:
             torch.autograd.grad(loss, wrt, allow_unused=True)
     capture.warn_missing()
-    return _spectra(capture.captured_layers(), n)
+    return [_reduce(layer, n) for layer in capture.captured_layers()]
 
 
 def probed_layers(
@@ -209,10 +238,12 @@ class _Factor:
     With ``bias``, every row gets a homogeneous 1 appended, implicitly: the extra row and column
     of the sum are the column sums and the row count. Adds with at least ``dim`` rows go straight
     into the sum; shorter ones are kept, so a factor with fewer rows than columns in total is
-    decomposed through its (smaller) Gram matrix.
+    decomposed through its (smaller) Gram matrix. ``empty`` is the ``groups x 0 x 0`` matrix of a
+    factor that receives no rows (a layer whose output the loss does not depend on).
     """
 
     dim: int
+    empty: torch.Tensor
     bias: bool = False
     rows: int = 0
     cov: torch.Tensor | None = None
@@ -231,11 +262,11 @@ class _Factor:
         self.cov = cov if self.cov is None else self.cov + cov
         self.sums = sums if self.sums is None else self.sums + sums
 
-    def reduced(self, scale: float) -> tuple[torch.Tensor | None, int]:
+    def reduced(self, scale: float) -> tuple[torch.Tensor, int]:
         """A matrix whose eigenvalues, with ``zeros`` more zeros, are those of ``scale * sum``."""
         if self.cov is None and self.rows < self.dim:
             if not self.pending:
-                return None, self.dim
+                return self.empty, self.dim
             x = torch.cat(self.pending, dim=1)
             gram = x @ x.mT + 1 if self.bias else x @ x.mT
             return scale * gram, self.dim - self.rows
@@ -257,7 +288,7 @@ class _Factor:
 class _Layer:
     name: str
     module: nn.Module
-    call: str
+    call: Callable
     groups: int = 1
     num_weights: int = 0
     a: _Factor | None = None
@@ -271,7 +302,7 @@ class _Capture(TorchFunctionMode):
         super().__init__()
         self.layers: dict[nn.Module, _Layer] = {}
         for name, module in model.named_modules():
-            for cls, (_, call) in _CALLS.items():
+            for cls, call in _CALLS.items():
                 if isinstance(module, cls):
                     self.layers[module] = _Layer(name, module, call)
         self.stack: list[_Layer] = []
@@ -311,31 +342,36 @@ class _Capture(TorchFunctionMode):
         return hook
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if self.stack and func is _CALLS_BY_FUNC.get(self.stack[-1].call):
-            self._record(self.stack[-1], out, *_bind(self.stack[-1].call, args, kwargs or {}))
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.stack and func is self.stack[-1].call:
+            self._record(self.stack[-1], out, *_bind(func, args, kwargs))
         return out
 
     def _record(self, layer: _Layer, out: torch.Tensor, x, weight, bias, *conv) -> None:
         with torch.no_grad():
-            if layer.call == "linear":
-                groups, rows = 1, x.detach().reshape(1, -1, x.shape[-1])
+            x = _at_least_float32(x.detach())
+            if layer.call is F.linear:
+                groups, rows = 1, x.reshape(1, -1, x.shape[-1])
             else:
-                groups, rows = conv[-1], _patches(x.detach(), weight.shape, *conv)
+                groups, rows = conv[-1], _patches(x, weight.shape, *conv)
             if layer.a is None:
                 layer.groups = groups
                 layer.num_weights = weight.numel() + (0 if bias is None else bias.numel())
-                layer.a = _Factor(rows.shape[2] + (bias is not None), bias is not None)
-                layer.g = _Factor(weight.shape[0] // groups)
+                empty = rows.new_zeros(groups, 0, 0)
+                layer.a = _Factor(rows.shape[2] + (bias is not None), empty, bias is not None)
+                layer.g = _Factor(weight.shape[0] // groups, empty)
             layer.a.add(rows)
-        out.register_hook(self._gradient_hook(layer))
-        source = x if x.requires_grad else weight
-        self.gradient_wrt.setdefault(id(source), source)
+        if out.requires_grad:  # else computed under no_grad: no gradient reaches it
+            out.register_hook(self._gradient_hook(layer))
+            source = x if x.requires_grad else weight
+            self.gradient_wrt.setdefault(id(source), source)
 
     def _gradient_hook(self, layer: _Layer):
         def hook(grad: torch.Tensor) -> None:
             with torch.no_grad():
-                if layer.call == "linear":
+                grad = _at_least_float32(grad)
+                if layer.call is F.linear:
                     rows = grad.reshape(1, -1, grad.shape[-1])
                 else:
                     width = grad.shape[1] // layer.groups
@@ -356,7 +392,8 @@ class _Capture(TorchFunctionMode):
         missing = [layer for layer in self.layers.values() if layer.a is None]
         if missing:
             names = ", ".join(
-                f"{layer.name} ({type(layer.module).__name__}, no {layer.call} call in its forward)"
+                f"{layer.name} ({type(layer.module).__name__}, no {layer.call.__name__} call in "
+                "its forward)"
                 for layer in missing
             )
             warnings.warn(
@@ -368,14 +405,16 @@ class _Capture(TorchFunctionMode):
             )
 
 
-_CALLS_BY_FUNC = {name: func for func, name in _CALLS.values()}
+def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """Half precision tensors in float32: the factors are sums of many products."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def _bind(call: str, args: tuple, kwargs: dict) -> tuple:
+def _bind(call: Callable, args: tuple, kwargs: dict) -> tuple:
     """``(input, weight, bias, [stride, padding, dilation, groups])`` of a linear/conv2d call."""
     names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
     defaults = (None, None, None, 1, 0, 1, 1)
-    count = 3 if call == "linear" else 7
+    count = 3 if call is F.linear else 7
     values = list(args) + [
         kwargs.get(k, d) for k, d in zip(names[len(args) :], defaults[len(args) :])
     ]
@@ -415,57 +454,58 @@ def _patches(x, weight_shape, stride, padding, dilation, groups) -> torch.Tensor
     return patches.permute(2, 0, 1, 3).reshape(groups, n * ho * wo, -1)
 
 
-def _spectra(layers: list[_Layer], n: int) -> list[LayerSpectrum]:
-    """Decomposes every factor, batching ``eigvalsh`` over matrices of the same size."""
-    matrices: list[tuple[int, str, torch.Tensor]] = []
-    zeros: dict[tuple[int, str], int] = {}
-    for i, layer in enumerate(layers):
-        for which, factor, scale in (("A", layer.a, 1.0 / n), ("G", layer.g, n * n / layer.a.rows)):
-            matrix, zeros[i, which] = factor.reduced(scale)
-            if matrix is not None:
-                if not torch.isfinite(matrix).all():
-                    raise DivergedError(
-                        f"the Kronecker factor {which} of layer {layer.name!r} is not finite"
-                    )
-                matrices.append((i, which, matrix))
-    eigs = _batched_eigvalsh(matrices, layers)
+def _reduce(layer: _Layer, n: int) -> LayerFactors:
+    a, zeros_a = layer.a.reduced(1.0 / n)
+    g, zeros_g = layer.g.reduced(n * n / layer.a.rows)
+    return LayerFactors(layer.name, layer.num_weights, layer.groups, a, zeros_a, g, zeros_g)
+
+
+def decompose(factors: list[LayerFactors]) -> list[LayerSpectrum]:
+    """Eigenvalues of every factor, batching ``eigvalsh`` over matrices of the same size.
+
+    Raises
+    ------
+    DivergedError
+        When a factor is not finite, or its eigendecomposition fails even in float64.
+    """
+    matrices = []
+    for i, layer in enumerate(factors):
+        for which, matrix in (("A", layer.a), ("G", layer.g)):
+            if not torch.isfinite(matrix).all():
+                raise DivergedError(
+                    f"the Kronecker factor {which} of layer {layer.name!r} is not finite"
+                )
+            matrices.append(((i, which), matrix))
+    eigs = _batched_eigvalsh(matrices, factors)
     return [
-        LayerSpectrum(
-            layer.name,
-            layer.num_weights,
-            eigs.get((i, "A"), _empty(layer)),
-            zeros[i, "A"],
-            eigs.get((i, "G"), _empty(layer)),
-            zeros[i, "G"],
-        )
-        for i, layer in enumerate(layers)
+        LayerSpectrum(f.name, f.num_weights, eigs[i, "A"], f.zeros_a, eigs[i, "G"], f.zeros_g)
+        for i, f in enumerate(factors)
     ]
 
 
-def _empty(layer: _Layer) -> torch.Tensor:
-    return layer.module.weight.new_zeros(layer.groups, 0)
-
-
-def _batched_eigvalsh(matrices, layers) -> dict[tuple[int, str], torch.Tensor]:
+def _batched_eigvalsh(matrices, factors) -> dict[tuple[int, str], torch.Tensor]:
     """Eigenvalues of each ``(groups, m, m)`` matrix, one ``eigvalsh`` call per size."""
     by_size: dict[tuple, list] = {}
-    for i, which, matrix in matrices:
+    for key, matrix in matrices:
         by_size.setdefault((matrix.shape[-1], matrix.dtype, matrix.device), []).append(
-            (i, which, matrix)
+            (key, matrix)
         )
     eigs = {}
-    for batch in by_size.values():
-        stacked = torch.cat([m for _, _, m in batch])
+    for (size, _, _), batch in by_size.items():
+        if size == 0:
+            eigs.update((key, m.new_zeros(m.shape[0], 0)) for key, m in batch)
+            continue
+        stacked = torch.cat([m for _, m in batch])
         try:
             values = torch.linalg.eigvalsh(stacked)
         except torch.linalg.LinAlgError:
             try:
                 values = _careful_eigvalsh(stacked)
             except torch.linalg.LinAlgError as err:
-                names = sorted({layers[i].name for i, _, _ in batch})
+                names = sorted({factors[i].name for (i, _), _ in batch})
                 raise DivergedError(f"eigendecomposition failed for layers {names}: {err}") from err
-        for (i, which, _), part in zip(batch, values.split([m.shape[0] for _, _, m in batch])):
-            eigs[i, which] = part
+        for (key, _), part in zip(batch, values.split([m.shape[0] for _, m in batch])):
+            eigs[key] = part
     return eigs
 
 

@@ -1,0 +1,258 @@
+"""Replay activation searches on Act-Bench-Digits: every trial looks its score up in the table.
+
+    python -m benchmarks.replay --arch cnn                  # 20 seeds x 200 trials per sampler
+    python -m benchmarks.replay --arch cnn --surrogate      # surrogate quality (5-fold Spearman)
+    python -m benchmarks.replay --arch cnn --samplers aquasurf,random --seeds 5
+
+Results are appended to ``benchmarks/results/replay_<arch>.jsonl`` (one line per sampler and
+seed; a rerun skips what is there), then summarised: median evaluations to reach the best
+function, the top 1% and the top 5%, median regret after 25/50/100/200 trials, and a PNG of the
+best-so-far curves with interquartile bands (``benchmarks/results/replay_<arch>.png``). The score
+is validation accuracy (maximised); regret is the best accuracy in the table minus the best found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import multiprocessing
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+
+from benchmarks.act_bench_digits import load_act_bench_digits
+from benchmarks.act_bench_digits._train import build_model, digits_splits
+from benchmarks.evolution import RegularizedEvolutionSampler
+from optuna_aquasurf import AquaSurfSampler, SearchSpace, suggest_activation
+from optuna_aquasurf._operators import PAPER_UNARY
+from optuna_aquasurf.features import FisherProbe
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CHECKPOINTS = (25, 50, 100, 200)
+FISHER_BATCH = 128
+
+
+SAMPLERS = {
+    "aquasurf": lambda c, s: AquaSurfSampler(c.space, c.probe, seed=s),
+    "aquasurf-outputs": lambda c, s: AquaSurfSampler(c.space, seed=s),
+    "aquasurf-fisher": lambda c, s: AquaSurfSampler(c.space, c.probe, seed=s, use_outputs=False),
+    "greedy": lambda c, s: AquaSurfSampler(c.space, c.probe, seed=s, acquisition="greedy"),
+    "random": lambda c, s: optuna.samplers.RandomSampler(seed=s),
+    "tpe": lambda c, s: optuna.samplers.TPESampler(seed=s),
+    "gp": lambda c, s: optuna.samplers.GPSampler(seed=s),
+    "evolution": lambda c, s: RegularizedEvolutionSampler(c.space, seed=s),
+}
+
+
+def _probe_model(arch: str, activation):
+    return build_model(arch, activation.expression, seed=1)
+
+
+class Context:
+    """The space, the table and the Fisher probe of one architecture."""
+
+    def __init__(self, arch: str):
+        self.arch = arch
+        self.table = load_act_bench_digits(arch)
+        self.space = SearchSpace.from_schemas(["binary(unary(x),unary(x))"], unary=PAPER_UNARY)
+        train = digits_splits()["train"]
+        self.probe = FisherProbe(
+            functools.partial(_probe_model, arch),
+            train.x[:FISHER_BATCH],
+            train.y[:FISHER_BATCH],
+            progress=False,
+        )
+        self.scores = np.array([self.table.value(e) for e in self.space.expressions])
+
+    def run(self, sampler_name: str, seed: int, n_trials: int) -> list[float]:
+        """Validation accuracy of each trial of one search."""
+        sampler = SAMPLERS[sampler_name](self, seed)
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        if isinstance(sampler, AquaSurfSampler):
+
+            def objective(trial):
+                return self.table.value(suggest_activation(trial).expression)
+        else:
+            choices = self.space.expressions
+
+            def objective(trial):
+                return self.table.value(trial.suggest_categorical("activation", choices))
+
+        study.optimize(objective, n_trials=n_trials)
+        return [t.value for t in study.trials]
+
+
+_CONTEXT: Context | None = None
+
+
+def _job(arch: str, sampler_name: str, seed: int, n_trials: int) -> dict:
+    global _CONTEXT
+    if _CONTEXT is None or _CONTEXT.arch != arch:
+        _CONTEXT = Context(arch)
+    start = time.perf_counter()
+    values = _CONTEXT.run(sampler_name, seed, n_trials)
+    seconds = round(time.perf_counter() - start, 1)
+    return {"sampler": sampler_name, "seed": seed, "values": values, "seconds": seconds}
+
+
+def run_searches(arch: str, samplers: list[str], seeds: int, n_trials: int, workers: int) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"replay_{arch}.jsonl"
+    done = {(r["sampler"], r["seed"]) for r in _read(path) if len(r["values"]) >= n_trials}
+    # Seed-major order: a worker computes a seed's embedding once for the samplers sharing it.
+    jobs = [(arch, s, seed, n_trials) for seed in range(seeds) for s in samplers]
+    jobs = [j for j in jobs if (j[1], j[2]) not in done]
+    print(f"{len(jobs)} searches to run ({len(done)} done), {workers} worker(s)", flush=True)
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        for result in pool.imap_unordered(_star_job, jobs):
+            with path.open("a") as f:
+                f.write(json.dumps(result) + "\n")
+            print(
+                f"{result['sampler']:>16} seed {result['seed']:>2}: best "
+                f"{max(result['values']):.4f} in {result['seconds']} s",
+                flush=True,
+            )
+    return path
+
+
+def _star_job(job):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    import torch
+
+    torch.set_num_threads(1)
+    return _job(*job)
+
+
+def _read(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def summarise(arch: str, samplers: list[str], n_trials: int) -> None:
+    table = load_act_bench_digits(arch)
+    space = SearchSpace.from_schemas(["binary(unary(x),unary(x))"], unary=PAPER_UNARY)
+    scores = np.array([table.value(e) for e in space.expressions])
+    best = scores.max()
+    top1, top5 = np.quantile(scores, 0.99), np.quantile(scores, 0.95)
+    runs = [r for r in _read(RESULTS / f"replay_{arch}.jsonl") if len(r["values"]) >= n_trials]
+    checkpoints = [c for c in CHECKPOINTS if c <= n_trials]
+    print(
+        f"\nAct-Bench-Digits {arch}: {len(scores)} functions, best val_acc {best:.4f}, "
+        f"top 1% >= {top1:.4f}, top 5% >= {top5:.4f}; medians over seeds"
+    )
+    header = f"{'sampler':>16} {'seeds':>5} {'to best':>8} {'to top1%':>8} {'to top5%':>8}"
+    print(header + "".join(f" {'regret@' + str(c):>10}" for c in checkpoints))
+    curves = {}
+    for name in samplers:
+        mine = [r["values"][:n_trials] for r in runs if r["sampler"] == name]
+        if not mine:
+            continue
+        so_far = np.maximum.accumulate(np.array(mine), axis=1)
+        curves[name] = so_far
+        reach = [_median_reach(so_far, level) for level in (best, top1, top5)]
+        regrets = [np.median(best - so_far[:, c - 1]) for c in checkpoints]
+        print(
+            f"{name:>16} {len(mine):>5} "
+            + " ".join(f"{r:>8}" for r in reach)
+            + "".join(f" {r:>10.4f}" for r in regrets)
+        )
+    _plot(arch, curves, best)
+
+
+def _median_reach(so_far: np.ndarray, level: float) -> str:
+    """Median number of evaluations until the best so far reaches ``level``."""
+    reached = so_far >= level - 1e-12
+    counts = np.where(reached.any(axis=1), reached.argmax(axis=1) + 1, np.inf)
+    median = np.median(counts)
+    return f">{so_far.shape[1]}" if np.isinf(median) else f"{median:.0f}"
+
+
+def _plot(arch: str, curves: dict[str, np.ndarray], best: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 5))
+    for name, so_far in curves.items():
+        regret = best - so_far
+        x = np.arange(1, regret.shape[1] + 1)
+        low, median, high = np.quantile(regret, [0.25, 0.5, 0.75], axis=0)
+        axis.plot(x, median, label=name)
+        axis.fill_between(x, low, high, alpha=0.2)
+    axis.set(
+        xlabel="evaluations",
+        ylabel="regret (best val. accuracy - best found)",
+        title=f"Act-Bench-Digits {arch}: median and interquartile range over seeds",
+    )
+    axis.set_yscale("symlog", linthresh=1e-3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(RESULTS / f"replay_{arch}.png", dpi=120)
+    print(f"wrote {RESULTS / f'replay_{arch}.png'}")
+
+
+def surrogate_quality(arch: str, seed: int = 0) -> None:
+    """5-fold cross-validated Spearman correlation of kNN (k=3) predictions with val_acc."""
+    from scipy.stats import spearmanr
+    from sklearn.model_selection import KFold, cross_val_predict
+    from sklearn.neighbors import KNeighborsRegressor
+
+    from optuna_aquasurf._embedding import embed
+    from optuna_aquasurf.features import output_features
+
+    context = Context(arch)
+    keep = context.space.finite
+    outputs = output_features(context.space)[keep]
+    fisher = context.probe.features([e for e, k in zip(context.space.expressions, keep) if k])
+    y = context.scores[keep]
+
+    def spearman(x, metric="euclidean"):
+        knn = KNeighborsRegressor(n_neighbors=3, metric=metric)
+        folds = KFold(5, shuffle=True, random_state=seed)
+        return spearmanr(cross_val_predict(knn, x, y, cv=folds), y).statistic
+
+    both_raw = np.hstack([outputs / np.linalg.norm(outputs), fisher / np.linalg.norm(fisher)])
+    rows = {
+        "outputs": (spearman(outputs), spearman(embed(outputs, None, seed))),
+        "fisher": (spearman(fisher, "manhattan"), spearman(embed(None, fisher, seed))),
+        "both": (spearman(both_raw), spearman(embed(outputs, fisher, seed))),
+    }
+    print(
+        f"\nSurrogate quality on {arch} ({keep.sum()} finite functions): Spearman correlation "
+        "of 5-fold kNN (k=3) predictions with validation accuracy"
+    )
+    print(f"{'features':>10} {'raw':>8} {'UMAP':>8}")
+    for name, (raw, umap) in rows.items():
+        print(f"{name:>10} {raw:8.3f} {umap:8.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="cnn")
+    parser.add_argument("--samplers", default=",".join(SAMPLERS))
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--trials", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--surrogate", action="store_true", help="surrogate quality only")
+    parser.add_argument("--summary", action="store_true", help="summarise existing results")
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.surrogate:
+        surrogate_quality(args.arch)
+        return
+    samplers = args.samplers.split(",")
+    unknown = [s for s in samplers if s not in SAMPLERS]
+    if unknown:
+        parser.error(f"unknown sampler(s) {unknown}; choose from {', '.join(SAMPLERS)}")
+    if not args.summary:
+        run_searches(args.arch, samplers, args.seeds, args.trials, args.workers)
+    summarise(args.arch, samplers, args.trials)
+
+
+if __name__ == "__main__":
+    main()
