@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import optuna
 import pytest
 import sqlalchemy as sa
@@ -92,6 +93,7 @@ def test_resume_from_sqlite_in_another_process_reuses_the_embedding(space, tmp_p
         stored = connection.execute(sa.text("select count(*) from aquasurf_embeddings")).scalar()
     assert stored == 1
     code = f"""
+import numpy as np
 import optuna
 from tests.test_sampler import run_study, UNARY, activations
 from optuna_aquasurf import SearchSpace
@@ -247,6 +249,7 @@ def test_two_processes_on_one_sqlite_study_never_share_a_function(space, tmp_pat
     url = f"sqlite:///{tmp_path}/s.db"
     run_study(space, url, n_trials=1)  # create the study and its embedding once
     code = f"""
+import numpy as np
 import optuna
 from tests.test_sampler import run_study, UNARY
 from optuna_aquasurf import SearchSpace
@@ -259,3 +262,36 @@ run_study(space, {url!r} + "?timeout=30", n_trials=15, seed=None)
     functions = [space.find_equivalent(n) for n in activations(study)]
     assert len(functions) == 31
     assert len(set(functions)) == 31
+
+
+def small_mlp(activation):
+    return torch.nn.Sequential(
+        torch.nn.Linear(4, 16),
+        activation,
+        torch.nn.Linear(16, 16),
+        activation,
+        torch.nn.Linear(16, 3),
+    )
+
+
+def test_fisher_features_join_the_map_and_are_stored_in_chunks(space, tmp_path):
+    from optuna_aquasurf.features import FisherProbe
+
+    generator = torch.Generator().manual_seed(0)
+    probe = FisherProbe(
+        small_mlp, torch.randn(32, 4, generator=generator), torch.arange(32) % 3, progress=False
+    )
+    url = f"sqlite:///{tmp_path}/s.db"
+    sampler = AquaSurfSampler(space, probe, seed=0)
+    study = optuna.create_study(direction="maximize", sampler=sampler, storage=url)
+    study.optimize(closeness_to_gelu, n_trials=10)
+    with_fisher = sampler.embedding(study)
+    outputs_only = AquaSurfSampler(space, seed=0).embedding()
+    assert with_fisher.shape == outputs_only.shape == (len(space), 2)
+    assert not np.allclose(with_fisher, outputs_only)
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        chunks = connection.execute(sa.text("select count(*) from aquasurf_fisher_chunks")).scalar()
+    assert chunks == -(-len(space) // 64)
+    fisher_only = AquaSurfSampler(space, probe, seed=0, use_outputs=False)
+    assert fisher_only.embedding().shape == (len(space), 2)
