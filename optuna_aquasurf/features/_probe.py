@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -15,8 +14,7 @@ from optuna_aquasurf.features._fisher import Bins, bin_count, spectra_features
 from optuna_aquasurf.features._kfac import (
     FISHER_TYPES,
     DivergedError,
-    decompose,
-    kfac_factors,
+    kfac_spectra,
     probed_layers,
 )
 
@@ -60,9 +58,6 @@ class FisherProbe:
 
     Notes
     -----
-    While one candidate's forward and backward pass run, the eigendecompositions and histograms of
-    the previous one run in a second thread.
-
     A candidate whose outputs, loss or factors are not finite is *diverged*: its row gets a finite
     fill, every layer's CDF ``0, ..., 0, 1`` (all its mass at the top of the range, as for log
     eigenvalues going to infinity), and is flagged in the mask of
@@ -156,41 +151,26 @@ class FisherProbe:
         rows = track(
             expressions, description="Fisher features", total=len(expressions), disable=not show
         )
-        # The eigendecompositions and histograms of one candidate run in a second thread while
-        # the next candidate's forward and backward pass run here.
-        with ThreadPoolExecutor(max_workers=1) as worker:
-            previous = None
-            for i, expression in enumerate(rows):
-                current = i, self._factors(ActivationFunction(expression), inputs, targets, worker)
-                if previous is not None:
-                    self._store(*previous, matrix, diverged)
-                previous = current
-            if previous is not None:
-                self._store(*previous, matrix, diverged)
+        for i, expression in enumerate(rows):
+            row = self._row(ActivationFunction(expression), inputs, targets)
+            diverged[i] = row is None
+            matrix[i] = self._diverged_row() if row is None else row
         return (matrix, diverged) if return_diverged else matrix
 
-    def _factors(self, activation, inputs, targets, worker) -> Future | None:
-        """Factors of one candidate, and their features submitted to ``worker`` (None: diverged)."""
+    def _row(self, activation: nn.Module, inputs, targets) -> np.ndarray | None:
+        """Features of one candidate, or None when it diverges."""
         model = self._build(activation)
         try:
-            factors = kfac_factors(model, inputs, targets, self.loss_fn, self.fisher, self.seed)
+            spectra = kfac_spectra(model, inputs, targets, self.loss_fn, self.fisher, self.seed)
         except DivergedError:
             return None
-        names = [f.name for f in factors]
+        names = [s.name for s in spectra]
         if names != [name for name, _, _ in self.layers]:
             raise RuntimeError(
                 f"candidate {activation.expression!r} changed the probed layers: {names} instead "
                 f"of {[name for name, _, _ in self.layers]}"
             )
-        return worker.submit(lambda: spectra_features(decompose(factors), self.bins))
-
-    def _store(self, i: int, features: Future | None, matrix, diverged) -> None:
-        try:
-            row = None if features is None else features.result()
-        except DivergedError:
-            row = None
-        diverged[i] = row is None
-        matrix[i] = self._diverged_row() if row is None else row
+        return spectra_features(spectra, self.bins)
 
     def _build(self, activation: nn.Module) -> nn.Module:
         """``build_model(activation)`` after seeding; the caller's random state is kept."""

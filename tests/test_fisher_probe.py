@@ -1,0 +1,235 @@
+"""Fisher-spectrum features and the probe over candidate activations, on real architectures."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from optuna_aquasurf import SearchSpace
+from optuna_aquasurf.features import (
+    DivergedError,
+    FisherProbe,
+    _fisher,
+    fisher_features,
+    kfac_eigenvalues,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same'")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: many small ops run far faster on a shared two-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+#: Activation modules replaced by the candidate; gates (SE scale_activation, gate) are kept.
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish)
+_GATES = ("gate", "scale_activation")
+
+
+def swap_activations(model: nn.Module, activation: nn.Module) -> nn.Module:
+    import timm.layers.activations as timm_acts
+
+    kinds = _ACTIVATIONS + (timm_acts.GELU, timm_acts.HardSwish, timm_acts.Swish)
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, kinds) and name not in _GATES:
+                setattr(parent, name, activation)
+    return model
+
+
+def timm_model(name, **kwargs):
+    def build(activation):
+        import timm
+
+        model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs)
+        return swap_activations(model, activation)
+
+    return build
+
+
+def mobilenet(activation):
+    from torchvision.models import mobilenet_v3_small
+
+    return swap_activations(mobilenet_v3_small(weights=None, num_classes=10), activation)
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, activation: nn.Module):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 8, 3),
+            activation,
+            nn.Conv2d(8, 16, 3, groups=2),
+            activation,
+            nn.Flatten(),
+            nn.Linear(16 * 4 * 4, 10),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _expected_length(model: nn.Module) -> int:
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return sum(max(1, sum(p.numel() for p in m.parameters(recurse=False)) // 100) for m in layers)
+
+
+def _cdf_ends(probe: FisherProbe) -> np.ndarray:
+    return np.cumsum([b for _, _, b in probe.layers]) - 1
+
+
+def _batch(shape, n, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn((n, *shape), generator=generator), torch.randint(
+        0, 10, (n,), generator=generator
+    )
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        timm_model("resnet18"),
+        timm_model("convnext_atto"),
+        timm_model("vit_tiny_patch16_224", img_size=32),
+        mobilenet,
+    ],
+    ids=["resnet18", "convnext_atto", "vit_tiny", "mobilenet_v3_small"],
+)
+def test_real_architectures(build):
+    from optuna_aquasurf import ActivationFunction
+
+    x, y = _batch((3, 32, 32), 4)
+    probe = FisherProbe(build, x, y, device="cpu")
+    matrix, diverged = probe.features(["tanh(x)", "swish(x)"], return_diverged=True)
+    expected = _expected_length(build(ActivationFunction("relu(x)")))
+    assert probe.feature_length == expected
+    assert matrix.shape == (2, expected) and matrix.dtype == np.float32
+    assert np.isfinite(matrix).all() and not diverged.any()
+    for cdf in np.split(matrix, _cdf_ends(probe)[:-1] + 1, axis=1):  # one CDF per layer
+        assert np.all(np.diff(cdf, axis=1) >= 0)
+        np.testing.assert_allclose(cdf[:, -1], 1.0)
+    assert not np.array_equal(matrix[0], matrix[1])
+
+
+def _reference_features(eigenvalues: dict, bins: int) -> np.ndarray:
+    """The method's feature from the eigenvalues, with all pairwise sums and ``np.histogram``."""
+    parts = []
+    for eig_a, eig_g in eigenvalues.values():
+        logs = []
+        for eigs in (eig_a.numpy(), eig_g.numpy()):
+            tol = eigs.max(axis=1, keepdims=True) * eigs.shape[1] * np.finfo(np.float32).eps
+            logs.append(
+                np.clip(np.log(np.maximum(np.where(eigs > tol, eigs, 0), np.exp(-50))), -50, 50)
+            )
+        sums = (logs[0][:, :, None] + logs[1][:, None, :]).ravel()
+        hist, _ = np.histogram(sums, bins=bins, range=(-100, 100))
+        parts.append(np.cumsum(hist) / sums.size)
+    return np.concatenate(parts)
+
+
+def test_features_match_histogram_of_all_pairwise_sums(monkeypatch):
+    torch.manual_seed(0)
+    model = SmallCNN(nn.Tanh()).eval()
+    x, y = _batch((1, 8, 8), 6)
+    expected = _reference_features(kfac_eigenvalues(model, x, y), bins=40)
+    np.testing.assert_allclose(fisher_features(model, x, y, bins=40), expected, atol=1e-6)
+    monkeypatch.setattr(_fisher, "CHUNK", 50)  # many chunks
+    np.testing.assert_allclose(fisher_features(model, x, y, bins=40), expected, atol=1e-6)
+
+
+def test_same_seed_same_features_and_fingerprint():
+    x, y = _batch((1, 8, 8), 16)
+    first, second = FisherProbe(SmallCNN, x, y), FisherProbe(SmallCNN, x, y)
+    expressions = ["tanh(x)", "mul(x,sigmoid(x))", "relu(x)"]
+    np.testing.assert_array_equal(first.features(expressions), second.features(expressions))
+    assert first.fingerprint == second.fingerprint
+    assert len(first.fingerprint) == 64 and int(first.fingerprint, 16) >= 0
+    other_seed = FisherProbe(SmallCNN, x, y, seed=1)
+    assert other_seed.fingerprint != first.fingerprint
+    assert not np.array_equal(other_seed.features(expressions), first.features(expressions))
+    assert FisherProbe(SmallCNN, x, y, fisher="model").fingerprint != first.fingerprint
+    assert FisherProbe(SmallCNN, x, y, bins=7).fingerprint != first.fingerprint
+    assert FisherProbe(SmallCNN, x + 1, y).fingerprint != first.fingerprint
+
+
+def test_diverged_candidates_are_marked_and_filled():
+    x, y = _batch((1, 8, 8), 16)
+    probe = FisherProbe(SmallCNN, 10 * x, y)
+    matrix, diverged = probe.features(["tanh(x)", "exp(exp(exp(x)))"], return_diverged=True)
+    assert diverged.tolist() == [False, True]
+    assert np.isfinite(matrix).all()
+    fill = np.zeros(probe.feature_length, dtype=np.float32)
+    fill[_cdf_ends(probe)] = 1.0
+    np.testing.assert_array_equal(matrix[1], fill)
+    from optuna_aquasurf import ActivationFunction
+
+    torch.manual_seed(0)
+    with pytest.raises(DivergedError, match="not finite"):
+        fisher_features(SmallCNN(ActivationFunction("exp(exp(exp(x)))")).eval(), 10 * x, y)
+
+
+def test_model_fisher_bins_and_inputs_of_features():
+    x, y = _batch((1, 8, 8), 16)
+    space = SearchSpace.from_expressions(["tanh(x)", "relu(x)", "max(x,tanh(x))"])
+    empirical = FisherProbe(SmallCNN, x, y, progress=False)
+    model = FisherProbe(SmallCNN, x, y, fisher="model", progress=False)
+    by_space = empirical.features(space)
+    np.testing.assert_array_equal(by_space, empirical.features(space.expressions))
+    np.testing.assert_array_equal(by_space[:1], empirical.features("tanh(x)"))
+    sampled = model.features(space)
+    assert sampled.shape == by_space.shape and np.isfinite(sampled).all()
+    assert not np.array_equal(sampled, by_space)
+    assert FisherProbe(SmallCNN, x, y, bins=5).feature_length == 3 * 5
+    halves = FisherProbe(SmallCNN, x, y, bins=lambda n: n // 2)
+    assert halves.feature_length == sum(n // 2 for _, n, _ in empirical.layers)
+    with pytest.raises(ValueError, match="bins"):
+        FisherProbe(SmallCNN, x, y, bins=0).feature_length  # noqa: B018
+    with pytest.raises(ValueError, match="fisher"):
+        FisherProbe(SmallCNN, x, y, fisher="true")
+
+
+def test_regression_many_candidates_with_progress_and_pickle():
+    x = torch.randn(12, 3)
+    targets = torch.randn(12, 2)
+    probe = FisherProbe(_mlp, x, targets, progress=True)
+    expressions = [f"mul(x,{s})" for s in ("sigmoid(x)", "tanh(x)", "erf(x)")] * 7
+    matrix = probe.features(expressions)
+    assert matrix.shape == (21, probe.feature_length) and np.isfinite(matrix).all()
+    clone = pickle.loads(pickle.dumps(probe))
+    assert clone.fingerprint == probe.fingerprint
+    np.testing.assert_array_equal(clone.features(expressions[:3]), matrix[:3])
+
+
+def test_shared_layer_and_unseen_out_proj():
+    x, y = _batch((5, 8), 6)
+    with pytest.warns(RuntimeWarning, match=r"attn\.out_proj"):
+        probe = FisherProbe(_attention, x, y)
+        assert [name for name, _, _ in probe.layers] == ["shared", "head"]
+        assert np.isfinite(probe.features(["tanh(x)"])).all()
+
+
+def _mlp(activation):
+    return nn.Sequential(nn.Linear(3, 16), activation, nn.Linear(16, 2))
+
+
+class _Attention(nn.Module):
+    def __init__(self, activation):
+        super().__init__()
+        self.shared = nn.Linear(8, 8)
+        self.activation = activation
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.activation(self.shared(self.activation(self.shared(x))))
+        return self.head(self.attn(x, x, x, need_weights=False)[0].mean(1))
+
+
+_attention = _Attention
