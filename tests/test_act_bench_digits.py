@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` lives at the root
 
@@ -24,15 +23,6 @@ TINY = TrainConfig(epochs=1, batch_size=64, lr=3e-3)
 
 def quiet(*args):
     pass
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Train as the builder's workers do: one thread (faster on a busy machine, too)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

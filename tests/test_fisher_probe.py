@@ -19,15 +19,6 @@ from optuna_aquasurf.features import (
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same'")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: many small ops run far faster on a shared two-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 #: Activation modules replaced by the candidate; gates (SE scale_activation, gate) are kept.
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish)
 _GATES = ("gate", "scale_activation")

@@ -17,15 +17,6 @@ import timm.layers.activations as timm_acts  # noqa: E402
 EXPRESSION = "mul(swish(x),erf(x))"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine more threads spin and run ~20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # Modules and functions that must not run outside kept gates once the model is swapped.
 OLD_MODULES = (
     nn.ReLU,

@@ -12,15 +12,6 @@ torch.set_default_dtype(torch.float64)
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: many small ops run far faster on a shared two-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _padded(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """The conv input with the padding the layer applies, written out by hand."""
     from timm.layers import Conv2dSame
