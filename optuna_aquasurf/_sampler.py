@@ -91,17 +91,15 @@ class AquaSurfSampler(BaseSampler):
 
     Examples
     --------
-    >>> import optuna
+    >>> import optuna, torch
     >>> from optuna_aquasurf import AquaSurfSampler, SearchSpace, suggest_activation
+    >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
     >>> space = SearchSpace.from_expressions(["relu(x)", "tanh(x)", "abs(x)", "swish(x)"])
     >>> def objective(trial):
     ...     act = suggest_activation(trial)
     ...     return float(act(torch.linspace(-1, 1, 5)).sum())
-    >>> import torch
-    >>> study = optuna.create_study(
-    ...     direction="maximize", sampler=AquaSurfSampler(space, baselines=["relu(x)"], seed=0)
-    ... )
-    >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+    >>> sampler = AquaSurfSampler(space, baselines=["relu(x)"], seed=0)
+    >>> study = optuna.create_study(direction="maximize", sampler=sampler)
     >>> study.optimize(objective, n_trials=4)
     >>> study.best_trial.user_attrs["activation"]
     'abs(x)'

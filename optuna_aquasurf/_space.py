@@ -62,8 +62,8 @@ class SearchSpace:
     >>> space = SearchSpace.from_schemas(["binary(unary(x),unary(x))"], unary=PAPER_UNARY)
     >>> len(space), space.n_names
     (2918, 5103)
-    >>> space["add(relu(x),tanh(x))"].expression
-    'add(relu(x),tanh(x))'
+    >>> space["add(relu(x),tanh(x))"].equivalents
+    ('add(tanh(x),relu(x))', 'add(relu(x),tanh(x))')
     """
 
     def __init__(self, slots: Sequence[Slot], description: str, batch_size: int = 8192):

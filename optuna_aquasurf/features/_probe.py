@@ -65,10 +65,16 @@ class FisherProbe:
 
     Examples
     --------
-    >>> probe = FisherProbe(build_model, images, labels)  # doctest: +SKIP
-    >>> matrix, diverged = probe.features(space, return_diverged=True)  # doctest: +SKIP
-    >>> matrix.shape == (len(space), probe.feature_length)  # doctest: +SKIP
-    True
+    >>> import torch
+    >>> from torch import nn
+    >>> from optuna_aquasurf.features import FisherProbe
+    >>> def build_model(activation):
+    ...     return nn.Sequential(nn.Linear(8, 32), activation, nn.Linear(32, 3))
+    >>> inputs, labels = torch.randn(16, 8), torch.arange(16) % 3
+    >>> probe = FisherProbe(build_model, inputs, labels)
+    >>> matrix, diverged = probe.features(["relu(x)", "tanh(x)"], return_diverged=True)
+    >>> matrix.shape == (2, probe.feature_length), diverged.tolist()
+    (True, [False, False])
     """
 
     def __init__(
