@@ -35,11 +35,22 @@ CHECKPOINTS = (25, 50, 100, 200)
 FISHER_BATCH = 128
 
 
+def _aquasurf(**options):
+    """An AquaSurfSampler with the Fisher probe of the architecture (unless probe=None)."""
+    probe = options.pop("probe", True)
+    return lambda c, s: AquaSurfSampler(c.space, c.probe if probe else None, seed=s, **options)
+
+
 SAMPLERS = {
-    "aquasurf": lambda c, s: AquaSurfSampler(c.space, c.probe, seed=s),
-    "aquasurf-outputs": lambda c, s: AquaSurfSampler(c.space, seed=s),
-    "aquasurf-fisher": lambda c, s: AquaSurfSampler(c.space, c.probe, seed=s, use_outputs=False),
-    "greedy": lambda c, s: AquaSurfSampler(c.space, c.probe, seed=s, acquisition="greedy"),
+    "aquasurf": _aquasurf(),
+    "aquasurf-outputs": _aquasurf(probe=None),
+    "aquasurf-fisher": _aquasurf(use_outputs=False),
+    "greedy": _aquasurf(acquisition="greedy"),
+    # Variants of the default acquisition, to choose its settings.
+    "explore-0.25": _aquasurf(exploration=0.25),
+    "explore-1": _aquasurf(exploration=1.0),
+    "design-0": _aquasurf(n_design=0),
+    "design-16": _aquasurf(n_design=16),
     "random": lambda c, s: optuna.samplers.RandomSampler(seed=s),
     "tpe": lambda c, s: optuna.samplers.TPESampler(seed=s),
     "gp": lambda c, s: optuna.samplers.GPSampler(seed=s),

@@ -1,0 +1,248 @@
+"""The typer app of the ``aquasurf`` command.
+
+Only typer and rich are imported here: torch, optuna, umap and matplotlib are imported inside
+the commands, so that ``aquasurf --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from optuna_aquasurf.cli._console import UserError, console, err_console
+from optuna_aquasurf.cli._storage import DEFAULT_STORAGE
+from optuna_aquasurf.cli._userfile import CONTRACT
+
+app = typer.Typer(
+    name="aquasurf",
+    help=(
+        "Find a better activation function for your own PyTorch model: the AQuaSurF surrogate "
+        "search as an Optuna study.\n\n"
+        "Start with `aquasurf optimize my_model.py`; the same command resumes. Studies live in "
+        "the SQLite file aquasurf.db of the current folder unless --storage says otherwise."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals may hold storage passwords
+)
+
+
+class Pruner(str, enum.Enum):
+    median = "median"
+    hyperband = "hyperband"
+    none = "none"
+
+
+Storage = Annotated[
+    str,
+    typer.Option(
+        help="SQLAlchemy URL of the database, e.g. postgresql://user:password@host/db "
+        "(passwords are never printed)."
+    ),
+]
+StudyName = Annotated[
+    str | None,
+    typer.Option("--study", help="Study name; default: the only study in the storage."),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _command(function):
+    """Run a command: user errors print their message and exit 1, Ctrl-C exits 130."""
+
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except UserError as error:
+            err_console.print(f"[red]Error:[/] {escape(str(error))}", soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
+    return run
+
+
+@app.command(epilog=CONTRACT)
+@_command
+def optimize(
+    file: Annotated[Path, typer.Argument(help="Your model file (see the contract below).")],
+    n_trials: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Target number of finished trials of the study, all runs together: running "
+            "the same command again continues up to it.",
+        ),
+    ] = 50,
+    timeout: Annotated[
+        float | None, typer.Option(min=0, help="Stop starting trials after this many seconds.")
+    ] = None,
+    device: Annotated[
+        str, typer.Option(help="auto (CUDA if present), cpu, cuda, cuda:N.")
+    ] = "auto",
+    storage: Storage = DEFAULT_STORAGE,
+    study: Annotated[
+        str | None, typer.Option("--study", help="Study name; default: the file's name (stem).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sampler; trial n seeds seed + n.")] = 0,
+    pruner: Annotated[
+        Pruner, typer.Option(help="Stops weak trials early from what training reports.")
+    ] = Pruner.median,
+    heartbeat_interval: Annotated[
+        int, typer.Option(min=1, help="Seconds between heartbeats of the running trial.")
+    ] = 60,
+    grace_period: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="A running trial without heartbeat for this long (default: twice the interval) "
+            "was killed: it is failed and retried with the same activation.",
+        ),
+    ] = None,
+    max_retry: Annotated[int, typer.Option(min=0, help="Retries of a killed trial.")] = 3,
+) -> None:
+    """Search activation functions for the model in FILE, or resume that search.
+
+    Ctrl-C stops cleanly (exit code 130); the same command resumes.
+    """
+    from optuna_aquasurf.cli._optimize import optimize as run
+
+    run(
+        file,
+        n_trials=n_trials,
+        timeout=timeout,
+        device=device,
+        storage_url=storage,
+        study_name=study,
+        seed=seed,
+        pruner=pruner.value,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+        max_retry=max_retry,
+    )
+
+
+@app.command()
+@_command
+def status(storage: Storage = DEFAULT_STORAGE, study: StudyName = None, json: Json = False):
+    """Trials by state, progress and the best function of a study."""
+    from optuna_aquasurf.cli import _views
+    from optuna_aquasurf.cli._storage import load_study
+
+    data = _views.status(load_study(storage, study), storage)
+    _views.print_json(data) if json else _views.print_status(console, data)
+
+
+@app.command()
+@_command
+def best(storage: Storage = DEFAULT_STORAGE, study: StudyName = None, json: Json = False):
+    """The best activation function of a study and its score."""
+    from optuna_aquasurf.cli import _views
+    from optuna_aquasurf.cli._storage import load_study
+
+    record = _views.best_record(load_study(storage, study))
+    _views.print_json(record) if json else _views.print_best(console, record)
+
+
+@app.command()
+@_command
+def top(
+    storage: Storage = DEFAULT_STORAGE,
+    study: StudyName = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Number of functions.")] = 10,
+    json: Json = False,
+):
+    """The best functions of a study, with their scores and equivalent names."""
+    from optuna_aquasurf.cli import _views
+    from optuna_aquasurf.cli._storage import load_study
+
+    loaded = load_study(storage, study)
+    rows = _views.top(loaded, limit)
+    if json:
+        _views.print_json(rows)
+    elif rows:
+        _views.print_top(console, rows, f"Best functions of {loaded.study_name}")
+    else:
+        err_console.print(f"Study {escape(loaded.study_name)} has no completed trial yet.")
+
+
+@app.command()
+@_command
+def plot(
+    file: Annotated[Path, typer.Argument(help="The model file of the search.")],
+    storage: Storage = DEFAULT_STORAGE,
+    study: Annotated[
+        str | None, typer.Option("--study", help="Study name; default: the file's name (stem).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Folder of the plots.")] = Path("aquasurf_plots"),
+    device: Annotated[str, typer.Option(help="Where the map is computed if missing.")] = "auto",
+):
+    """Plot the map of the space and the best-so-far curve (PNG and interactive HTML).
+
+    The map shows every function of the space, coloured by its predicted score, and the
+    trained ones, coloured by their measured score. FILE is needed because the map depends on
+    your model (its Fisher features).
+    """
+    import optuna
+
+    from optuna_aquasurf.cli._objective import resolve_device
+    from optuna_aquasurf.cli._optimize import build_sampler
+    from optuna_aquasurf.cli._plot import write_plots
+    from optuna_aquasurf.cli._storage import load_study
+    from optuna_aquasurf.cli._userfile import load_user_file
+    from optuna_aquasurf.cli._views import SETTINGS_ATTR
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    user = load_user_file(file)
+    loaded = load_study(storage, study or file.stem)
+    seed = loaded.user_attrs.get(SETTINGS_ATTR, {}).get("seed", 0)
+    sampler = build_sampler(user, seed, resolve_device(device))
+    with err_console.status("Map of the space (computed if missing) and plots..."):
+        paths = write_plots(loaded, sampler, out)
+    for path in paths:
+        console.print(f"wrote {escape(str(path))}")
+
+
+@app.command()
+@_command
+def export(
+    storage: Storage = DEFAULT_STORAGE,
+    study: StudyName = None,
+    expression: Annotated[
+        str | None,
+        typer.Option(help="Export this expression instead of the study's best."),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="The .py file to write.")] = Path(
+        "aquasurf_activation.py"
+    ),
+):
+    """Write the best activation (or --expression) as a module file that needs only torch."""
+    from optuna_aquasurf.cli._export import write_module
+
+    if expression is None:
+        from optuna_aquasurf.cli._storage import load_study
+        from optuna_aquasurf.cli._views import best_record
+
+        record = best_record(load_study(storage, study))
+        expression = record["expression"]
+        origin = (
+            f"Study {record['study']!r}, trial {record['trial']}: score {record['score']:.6g} "
+            f"({record['direction']})."
+        )
+    else:
+        origin = "Exported by `aquasurf export`."
+    write_module(out, expression, origin)
+    console.print(f"wrote {escape(str(out))}: {escape(expression)}")
+    console.print(
+        f"Use it:  from {out.stem} import Activation   (needs only torch; put the file next "
+        "to your code)\n"
+        f"         nn.Sequential(..., Activation(), ...)  or, in an existing model,\n"
+        f"         swap_activations(model, Activation())  (optuna_aquasurf.integrations)",
+        soft_wrap=True,
+    )

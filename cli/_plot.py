@@ -1,0 +1,237 @@
+"""``aquasurf plot``: the map of the space and the best-so-far curve, as PNG and HTML files."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
+
+from optuna_aquasurf import AquaSurfSampler
+from optuna_aquasurf.cli._trials import counts_toward_target
+
+
+@dataclass
+class Evaluated:
+    """The finished trials: map coordinates of their functions, measured scores (NaN when
+    failed or pruned), expressions and trial numbers, in trial order."""
+
+    xy: np.ndarray
+    score: np.ndarray
+    expression: list[str]
+    trial: list[int]
+
+
+def write_plots(study: optuna.Study, sampler: AquaSurfSampler, folder: Path) -> list[Path]:
+    """Write ``<study>_map.png/.html`` and ``<study>_history.png/.html`` into ``folder``.
+
+    The map is the paper's picture: every function of the space at its 2-D position, coloured
+    by the surrogate's predicted score, the evaluated ones marked and coloured by their measured
+    score (failed ones as crosses), the best as a star. The history shows each trial's score
+    and the best so far.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    coords = sampler.embedding(study)
+    predicted = sampler.predict(study)
+    evaluated = _evaluated(study, sampler, coords)
+    stem = folder / study.study_name.replace("/", "_")
+    paths = [Path(f"{stem}_map.png"), Path(f"{stem}_map.html")]
+    paths += [Path(f"{stem}_history.png"), Path(f"{stem}_history.html")]
+    maximize = study.direction == StudyDirection.MAXIMIZE
+    _map_png(paths[0], study.study_name, coords, predicted, evaluated, maximize)
+    _map_html(paths[1], study.study_name, coords, predicted, evaluated, sampler.space.expressions)
+    _history_png(paths[2], study.study_name, evaluated, maximize)
+    _history_html(paths[3], study.study_name, evaluated, maximize)
+    return paths
+
+
+def _evaluated(study: optuna.Study, sampler: AquaSurfSampler, coords: np.ndarray) -> Evaluated:
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        expression = trial.user_attrs.get("activation")
+        if expression is None or not counts_toward_target(trial):
+            continue
+        score = trial.value if trial.state == TrialState.COMPLETE else math.nan
+        rows.append((coords[sampler.locate(expression)[0]], score, expression, trial.number))
+    return Evaluated(
+        xy=np.array([r[0] for r in rows]).reshape(-1, 2),
+        score=np.array([r[1] for r in rows], dtype=float),
+        expression=[r[2] for r in rows],
+        trial=[r[3] for r in rows],
+    )
+
+
+def _best_so_far(scores: np.ndarray, maximize: bool) -> np.ndarray:
+    filled = np.where(np.isnan(scores), -np.inf if maximize else np.inf, scores)
+    best = np.maximum.accumulate(filled) if maximize else np.minimum.accumulate(filled)
+    return np.where(np.isinf(best), np.nan, best)
+
+
+def _best_index(evaluated: Evaluated, maximize: bool) -> int | None:
+    if np.isnan(evaluated.score).all():
+        return None
+    return int(np.nanargmax(evaluated.score) if maximize else np.nanargmin(evaluated.score))
+
+
+def _color_range(predicted: np.ndarray | None, evaluated: Evaluated) -> tuple[float, float]:
+    values = evaluated.score[~np.isnan(evaluated.score)]
+    if predicted is not None:
+        values = np.concatenate([values, predicted[np.isfinite(predicted)]])
+    if len(values) == 0:
+        return 0.0, 1.0
+    return float(values.min()), float(values.max())
+
+
+def _map_png(path, name, coords, predicted, evaluated, maximize) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    low, high = _color_range(predicted, evaluated)
+    figure, axes = plt.subplots(figsize=(8, 7), dpi=120)
+    shared = {"cmap": "viridis", "vmin": low, "vmax": high}
+    if predicted is None:
+        axes.scatter(coords[:, 0], coords[:, 1], s=4, c="lightgray", label="not evaluated")
+    else:
+        points = axes.scatter(coords[:, 0], coords[:, 1], s=4, c=predicted, alpha=0.6, **shared)
+        figure.colorbar(points, ax=axes, label="score (predicted; measured for circles)")
+    ok = ~np.isnan(evaluated.score)
+    axes.scatter(*evaluated.xy[ok].T, s=60, c=evaluated.score[ok], edgecolors="black", **shared)
+    axes.scatter(*evaluated.xy[~ok].T, s=60, marker="x", c="red", label="failed or pruned")
+    best = _best_index(evaluated, maximize)
+    if best is not None:
+        axes.scatter(*evaluated.xy[best], s=300, marker="*", c="gold", edgecolors="black")
+        axes.annotate(
+            evaluated.expression[best],
+            evaluated.xy[best],
+            fontsize=8,
+            xytext=(8, 8),
+            textcoords="offset points",
+        )
+    axes.set_title(f"{name}: {len(coords):,} functions, {len(evaluated.trial)} trials")
+    axes.set_xticks([])
+    axes.set_yticks([])
+    axes.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def _history_png(path, name, evaluated, maximize) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 4.5), dpi=120)
+    axes.scatter(evaluated.trial, evaluated.score, s=18, c="tab:blue", label="trial")
+    axes.step(
+        evaluated.trial,
+        _best_so_far(evaluated.score, maximize),
+        where="post",
+        c="tab:orange",
+        label="best so far",
+    )
+    axes.set_xlabel("trial")
+    axes.set_ylabel("score")
+    axes.set_title(f"{name}: best so far")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def _map_html(path, name, coords, predicted, evaluated, expressions) -> None:
+    import plotly.graph_objects as go
+
+    low, high = _color_range(predicted, evaluated)
+    colors = {"colorscale": "Viridis", "cmin": low, "cmax": high}
+    hover = (
+        expressions
+        if predicted is None
+        else [f"{e}<br>predicted {p:.4f}" for e, p in zip(expressions, predicted)]
+    )
+    figure = go.Figure()
+    figure.add_trace(
+        go.Scattergl(
+            x=coords[:, 0],
+            y=coords[:, 1],
+            mode="markers",
+            name="space",
+            text=hover,
+            hoverinfo="text",
+            marker={"size": 4, "opacity": 0.6, "color": "lightgray"}
+            if predicted is None
+            else {
+                "size": 4,
+                "opacity": 0.6,
+                "color": predicted,
+                "colorbar": {"title": "score"},
+                **colors,
+            },
+        )
+    )
+    labels = [
+        f"trial {t}: {e}<br>{'failed or pruned' if np.isnan(s) else f'score {s:.4f}'}"
+        for t, e, s in zip(evaluated.trial, evaluated.expression, evaluated.score)
+    ]
+    figure.add_trace(
+        go.Scatter(
+            x=evaluated.xy[:, 0],
+            y=evaluated.xy[:, 1],
+            mode="markers",
+            name="evaluated",
+            text=labels,
+            hoverinfo="text",
+            marker={
+                "size": 11,
+                "color": np.nan_to_num(evaluated.score, nan=low),
+                "line": {"width": 1, "color": "black"},
+                "symbol": ["x" if np.isnan(s) else "circle" for s in evaluated.score],
+                **colors,
+            },
+        )
+    )
+    figure.update_layout(
+        title=f"{name}: map of the search space",
+        template="plotly_white",
+        xaxis={"visible": False},
+        yaxis={"visible": False},
+    )
+    figure.write_html(path, include_plotlyjs="directory")
+
+
+def _history_html(path, name, evaluated, maximize) -> None:
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    figure.add_trace(
+        go.Scatter(
+            x=evaluated.trial,
+            y=evaluated.score,
+            mode="markers",
+            name="trial",
+            text=evaluated.expression,
+        )
+    )
+    figure.add_trace(
+        go.Scatter(
+            x=evaluated.trial,
+            y=_best_so_far(evaluated.score, maximize),
+            mode="lines",
+            line_shape="hv",
+            name="best so far",
+        )
+    )
+    figure.update_layout(
+        title=f"{name}: best so far",
+        xaxis_title="trial",
+        yaxis_title="score",
+        template="plotly_white",
+    )
+    figure.write_html(path, include_plotlyjs="directory")

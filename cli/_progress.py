@@ -1,0 +1,82 @@
+"""Rich progress of a search: trials done, best so far and its expression, elapsed time and ETA."""
+
+from __future__ import annotations
+
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+_STATES = {
+    TrialState.COMPLETE: "[green]done[/]  ",
+    TrialState.PRUNED: "[yellow]pruned[/]",
+    TrialState.FAIL: "[red]failed[/]",
+}
+
+
+class SearchProgress:
+    """A progress bar over the finished trials, and one line per finished trial above it.
+
+    Use as a context manager; call :meth:`started` when a trial has its activation and
+    :meth:`finished` after each trial.
+
+    Parameters
+    ----------
+    console
+        Where to draw.
+    total, done
+        The target number of finished trials and how many the study has already.
+    """
+
+    def __init__(self, console: Console, total: int, done: int):
+        self._progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=20),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[best]}"),
+            console=console,
+        )
+        self._task = self._progress.add_task("trials", total=total, completed=done, best="")
+
+    def __enter__(self) -> SearchProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._progress.stop()
+
+    def started(self, number: int, expression: str) -> None:
+        """Show the trial that is training now."""
+        self._progress.update(self._task, description=f"trial {number} {escape(expression)}")
+
+    def finished(self, trial: FrozenTrial, done: int, best: FrozenTrial | None) -> None:
+        """Print the result of ``trial`` and move the bar to ``done``, showing ``best``."""
+        attrs = trial.user_attrs
+        if trial.state == TrialState.COMPLETE:
+            result = f"{trial.value:.4f}"
+        elif trial.state == TrialState.PRUNED and trial.intermediate_values:
+            last = trial.intermediate_values[max(trial.intermediate_values)]
+            result = f"{last:.4f} at step {max(trial.intermediate_values)}"
+        else:
+            result = escape(attrs.get("fail_reason", ""))
+        seconds = attrs.get("seconds", 0.0)
+        self._progress.console.print(
+            f"trial {trial.number:>4}  {_STATES.get(trial.state, trial.state.name)}  "
+            f"{escape(attrs.get('activation', '?'))}  {result}  [dim]{seconds:.1f} s[/]"
+        )
+        shown = ""
+        if best is not None:
+            shown = f"best {best.value:.4f} {escape(best.user_attrs.get('activation', '?'))}"
+        self._progress.update(self._task, completed=done, best=shown, description="trials")

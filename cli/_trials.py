@@ -1,0 +1,49 @@
+"""What a finished trial's record means for the search: does it count, does it run again.
+
+Trials of ``aquasurf optimize`` record the user attributes ``activation``, ``device``, ``seed``,
+``seconds`` and, when they fail, ``fail_reason``:
+
+- ``"interrupted"``: Ctrl-C; runs again when the study resumes.
+- ``"error: <type>: <message>"``: the user's code raised; runs again once when the study resumes
+  (after a fix), unless the trial was such a rerun already.
+- ``"diverged: <what>"``: a loss, output or score that is not finite.
+- ``"out of memory: <message>"``: CUDA ran out of memory.
+
+A rerun records ``rerun_of``, the number of the trial it runs again. A trial killed without a
+trace (no ``fail_reason``) is failed by its missing heartbeat and retried by Optuna.
+"""
+
+from __future__ import annotations
+
+from optuna.trial import FrozenTrial, TrialState
+
+INTERRUPTED = "interrupted"
+
+
+def counts_toward_target(trial: FrozenTrial) -> bool:
+    """Whether a trial counts as finished for ``--n-trials``.
+
+    Completed and pruned trials do; failed ones when the failure is the function's (diverged,
+    out of memory) or a rerun failed again. Trials to run again, killed trials (their retry
+    counts instead), running and waiting ones do not.
+    """
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    failed = trial.state == TrialState.FAIL and "fail_reason" in trial.user_attrs
+    return failed and not to_run_again(trial)
+
+
+def to_run_again(trial: FrozenTrial) -> bool:
+    """Whether a failed trial runs again when the study resumes (see the module notes)."""
+    reason = trial.user_attrs.get("fail_reason", "")
+    if trial.state != TrialState.FAIL or "activation" not in trial.user_attrs:
+        return False
+    return reason == INTERRUPTED or (
+        reason.startswith("error:") and "rerun_of" not in trial.user_attrs
+    )
+
+
+def pending_reruns(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials to run again that have no rerun yet."""
+    rerun = {t.user_attrs.get("rerun_of") for t in trials}
+    return [t for t in trials if to_run_again(t) and t.number not in rerun]
