@@ -34,10 +34,6 @@ class RepeatedFailure(UserError):
     """The first trials of a run all failed the same way: the user's code is broken."""
 
 
-class SpaceExhausted(Exception):
-    """Every function of the search space has been tried."""
-
-
 def resolve_device(name: str) -> torch.device:
     """The torch device for ``--device``: ``auto`` is CUDA when available, else the CPU.
 
@@ -125,10 +121,7 @@ class Objective:
         random.seed(seed)
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
-        try:
-            activation = suggest_activation(trial)
-        except RuntimeError as error:  # every function of the space is tried
-            raise SpaceExhausted(str(error)) from None
+        activation = suggest_activation(trial)
         self.on_start(trial.number, activation.expression)
         for name, distribution in self.user.search.items():
             _suggest(trial, name, distribution)

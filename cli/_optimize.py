@@ -9,12 +9,11 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial
 
-from optuna_aquasurf import AquaSurfSampler
+from optuna_aquasurf import AquaSurfSampler, SpaceExhaustedError
 from optuna_aquasurf.cli import _views
 from optuna_aquasurf.cli._console import UserError, console, err_console
 from optuna_aquasurf.cli._objective import (
     Objective,
-    SpaceExhausted,
     resolve_device,
     stop_on_interrupt,
 )
@@ -160,7 +159,7 @@ def _search(study, user, device, seed, n_trials, done, timeout) -> None:
         try:
             with stop_on_interrupt(objective, study):
                 study.optimize(objective, timeout=timeout, callbacks=[after_trial], catch=())
-        except SpaceExhausted as error:
+        except SpaceExhaustedError as error:
             err_console.print(f"Search finished: {error}")
         except KeyboardInterrupt:
             objective.interrupted = True

@@ -15,6 +15,7 @@ _EXPORTS = {
     "ActivationFunction": "_activation",
     "AquaSurfSampler": "_sampler",
     "suggest_activation": "_sampler",
+    "SpaceExhaustedError": "_sampler",
     "Candidate": "_space",
     "SearchSpace": "_space",
     "Expression": "_expression",
@@ -41,6 +42,7 @@ __all__ = [
     "ExpressionError",
     "Operator",
     "SearchSpace",
+    "SpaceExhaustedError",
     "canonical",
     "parse",
     "register_operator",
@@ -58,7 +60,7 @@ if TYPE_CHECKING:
         Operator,
         register_operator,
     )
-    from optuna_aquasurf._sampler import AquaSurfSampler, suggest_activation
+    from optuna_aquasurf._sampler import AquaSurfSampler, SpaceExhaustedError, suggest_activation
     from optuna_aquasurf._space import Candidate, SearchSpace
 
 

@@ -41,6 +41,10 @@ FISHER_CHUNK = 64
 _CLAIM_ATTEMPTS = 64
 
 
+class SpaceExhaustedError(RuntimeError):
+    """Every function of the search space has been tried or is being tried."""
+
+
 class AquaSurfSampler(BaseSampler):
     """Search activation functions with the AQuaSurF surrogate; other parameters go elsewhere.
 
@@ -231,7 +235,7 @@ class AquaSurfSampler(BaseSampler):
             for function in self._ranking(study, trial, name, tried, available):
                 if self._claim(study, trial, function):
                     return self._baseline_names().get(function, space[int(function)].expression)
-            raise RuntimeError(
+            raise SpaceExhaustedError(
                 f"every function of the search space ({len(space)}) has been tried or is "
                 "being tried: stop the study or give a larger space"
             )
@@ -278,8 +282,9 @@ class AquaSurfSampler(BaseSampler):
     def _observations(self, study, name, exclude) -> tuple[np.ndarray, np.ndarray]:
         """Functions with a score (one per function, mean over trials) and those scores.
 
-        Completed trials give their value, pruned ones their last reported value; failed trials
-        give the worst value observed in the study (and nothing while there is none).
+        Completed trials give their value, pruned ones their last reported value; a function
+        whose trials all failed gets the worst value observed in the study (nothing while there
+        is none).
         """
         values: dict[int, list[float]] = {}
         failed: list[int] = []
@@ -293,7 +298,7 @@ class AquaSurfSampler(BaseSampler):
             observed = [v for vs in values.values() for v in vs]
             worst = min(observed) if study.direction == StudyDirection.MAXIMIZE else max(observed)
             for function in failed:
-                values.setdefault(function, []).append(worst)
+                values.setdefault(function, [worst])  # a retry that completed overrides
         functions = np.array(sorted(values), dtype=np.int64)
         scores = np.array([np.mean(values[f]) for f in functions], dtype=np.float64)
         return functions, scores
