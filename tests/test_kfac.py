@@ -8,8 +8,16 @@ from torch import nn
 from optuna_aquasurf.features import DivergedError, kfac_eigenvalues
 from optuna_aquasurf.features._kfac import sample_targets
 
-torch.set_default_dtype(torch.float64)
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """The comparisons with brute force run in float64 (restored after each test)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def _padded(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
