@@ -19,36 +19,19 @@ from optuna_aquasurf.features import (
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same'")
 
 
-#: Activation modules replaced by the candidate; gates (SE scale_activation, gate) are kept.
-_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish)
-_GATES = ("gate", "scale_activation")
-
-
-def swap_activations(model: nn.Module, activation: nn.Module) -> nn.Module:
-    import timm.layers.activations as timm_acts
-
-    kinds = _ACTIVATIONS + (timm_acts.GELU, timm_acts.HardSwish, timm_acts.Swish)
-    for parent in list(model.modules()):
-        for name, child in parent.named_children():
-            if isinstance(child, kinds) and name not in _GATES:
-                setattr(parent, name, activation)
-    return model
-
-
 def timm_model(name, **kwargs):
     def build(activation):
-        import timm
+        from optuna_aquasurf.integrations import timm_model
 
-        model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs)
-        return swap_activations(model, activation)
+        return timm_model(name, activation, num_classes=10, **kwargs)
 
     return build
 
 
 def mobilenet(activation):
-    from torchvision.models import mobilenet_v3_small
+    from optuna_aquasurf.integrations import torchvision_model
 
-    return swap_activations(mobilenet_v3_small(weights=None, num_classes=10), activation)
+    return torchvision_model("mobilenet_v3_small", activation, num_classes=10)
 
 
 class SmallCNN(nn.Module):
