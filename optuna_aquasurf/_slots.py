@@ -105,15 +105,22 @@ class CallSlot(Slot):
     def outputs(self, index: np.ndarray) -> torch.Tensor:
         if self._cache is not None:
             return self._cache[torch.from_numpy(np.asarray(index, dtype=np.int64))]
-        op_numbers, *members = self._digits(index)
+        # Rows sorted by operator (consecutive names mostly share one), so that each operator
+        # is applied to one slice of rows.
+        order = np.argsort(self._digits(index)[0], kind="stable")
+        op_numbers, *members = self._digits(np.asarray(index)[order])
         args = [child.outputs(m) for child, m in zip(self.children, members)]
-        out = torch.empty(len(op_numbers), EVALUATION_WIDTH)
-        for k in np.unique(op_numbers):
-            rows = torch.from_numpy(op_numbers == k)
-            function = get_operator(self.ops[k]).function
+        out = torch.empty(len(order), EVALUATION_WIDTH)
+        starts = np.flatnonzero(np.diff(op_numbers, prepend=-1))
+        for start, stop in zip(starts, [*starts[1:], len(order)]):
+            function = get_operator(self.ops[op_numbers[start]]).function
             with torch.no_grad():
-                out[rows, :N_PROBE_POINTS] = function(*(a[rows][:, :N_PROBE_POINTS] for a in args))
-        return out
+                out[start:stop, :N_PROBE_POINTS] = function(
+                    *(a[start:stop, :N_PROBE_POINTS] for a in args)
+                )
+        unsorted = torch.empty_like(out)
+        unsorted[torch.from_numpy(order)] = out
+        return unsorted
 
 
 class ListSlot(Slot):

@@ -82,7 +82,7 @@ class SearchSpace:
         finite: list[bool] = []
         for start in range(0, self.n_names, batch_size):
             names = np.arange(start, min(start + batch_size, self.n_names))
-            outputs = self._name_outputs(names)
+            outputs = self._name_outputs(names).contiguous()
             ok = torch.isfinite(outputs).all(dim=1).tolist()
             for name, digest, is_finite in zip(names.tolist(), _row_digests(outputs), ok):
                 group = self._digests.setdefault(digest, len(representatives))
