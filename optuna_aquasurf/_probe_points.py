@@ -33,7 +33,7 @@ def evaluation_points() -> torch.Tensor:
     code, which can differ in the last bit. Batches are therefore kept as rows of this width and
     functions applied to the ``[:, :1000]`` view: torch then loops over each row as over a lone
     vector of the 1,000 probe points, and a function's outputs are bitwise the same alone or in
-    a batch (on one thread, see :func:`one_thread`).
+    a batch (see :func:`reference_arithmetic`).
     """
     padded = torch.zeros(EVALUATION_WIDTH)
     padded[:N_PROBE_POINTS] = probe_points()
@@ -41,11 +41,18 @@ def evaluation_points() -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def one_thread():
-    """Run torch on one thread inside the block: parallel chunks would have their own tails."""
+def reference_arithmetic():
+    """Inside the block, torch runs on one thread and keeps subnormal floats.
+
+    Parallel chunks would have scalar tails of their own, and ``torch.set_flush_denormal(True)``
+    (which some training code sets) changes tiny outputs: either would change the grouping.
+    """
     threads = torch.get_num_threads()
+    flushing = (torch.tensor([1e-30]) * 1e-10).item() == 0.0
     torch.set_num_threads(1)
+    torch.set_flush_denormal(False)
     try:
         yield
     finally:
         torch.set_num_threads(threads)
+        torch.set_flush_denormal(flushing)

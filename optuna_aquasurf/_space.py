@@ -19,7 +19,7 @@ from optuna_aquasurf._expression import (
     unknown_name_message,
 )
 from optuna_aquasurf._operators import NARY, get_operator, operator_names
-from optuna_aquasurf._probe_points import EVALUATION_WIDTH, N_PROBE_POINTS, one_thread
+from optuna_aquasurf._probe_points import EVALUATION_WIDTH, N_PROBE_POINTS, reference_arithmetic
 from optuna_aquasurf._slots import CallSlot, InputSlot, ListSlot, Slot
 
 #: Placeholder words of schemas and the arity of the operators they stand for.
@@ -122,7 +122,7 @@ class SearchSpace:
             "n-ary": _operator_subset("nary", nary, NARY),
         }
         shared: dict[Expression, Slot] = {}
-        with one_thread():
+        with reference_arithmetic():
             slots = [_slot_of(parse(s, _check_schema_call), choices, shared) for s in schemas]
         if not slots:
             raise ValueError("give at least one schema")
@@ -187,7 +187,7 @@ class SearchSpace:
 
     def find_equivalent(self, expression: str) -> int | None:
         """Position of the function that computes the same outputs as ``expression``, if any."""
-        with one_thread():
+        with reference_arithmetic():
             outputs = ListSlot([parse(expression)]).outputs(np.array([0]))[:, :N_PROBE_POINTS]
         return self._digests.get(next(iter(_row_digests(outputs))))
 
@@ -241,7 +241,7 @@ class SearchSpace:
         """Outputs at the probe points of the names with these numbers."""
         slot_numbers = np.searchsorted(self._offsets, names, side="right") - 1
         out = torch.empty(len(names), EVALUATION_WIDTH)
-        with one_thread():
+        with reference_arithmetic():
             for k in np.unique(slot_numbers):
                 rows = torch.from_numpy(slot_numbers == k)
                 out[rows] = self._slots[k].outputs(names[rows.numpy()] - self._offsets[k])

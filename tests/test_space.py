@@ -137,3 +137,16 @@ def test_space_from_expressions():
 def test_bad_schemas_are_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SearchSpace.from_schemas(**kwargs)
+
+
+def test_grouping_ignores_global_torch_arithmetic_settings(paper_space):
+    threads = torch.get_num_threads()
+    torch.set_flush_denormal(True)
+    torch.set_num_threads(2)
+    try:
+        again = SearchSpace.from_schemas(["binary(unary(x),unary(x))"], unary=PAPER_UNARY)
+        assert (torch.tensor([1e-30]) * 1e-10).item() == 0.0  # the user's setting is kept
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)
+    assert again.fingerprint == paper_space.fingerprint
