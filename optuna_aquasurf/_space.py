@@ -121,15 +121,17 @@ class SearchSpace:
             "binary": _operator_subset("binary", binary, 2),
             "n-ary": _operator_subset("nary", nary, NARY),
         }
+        trees = [parse(s, _check_schema_call) for s in schemas]
+        if not trees:
+            raise ValueError("give at least one schema")
         shared: dict[Expression, Slot] = {}
         with reference_arithmetic():
-            slots = [_slot_of(parse(s, _check_schema_call), choices, shared) for s in schemas]
-        if not slots:
-            raise ValueError("give at least one schema")
-        lists = "; ".join(f"{k}={','.join(v)}" for k, v in choices.items())
-        description = (
-            f"schemas={'|'.join(str(parse(s, _check_schema_call)) for s in schemas)}; {lists}"
-        )
+            slots = [_slot_of(tree, choices, shared) for tree in trees]
+        # Only the lists of the placeholders used: registering an operator elsewhere must not
+        # change the identity of this space.
+        used = {node.op for node in shared}
+        lists = "".join(f"; {k}={','.join(v)}" for k, v in choices.items() if k in used)
+        description = f"schemas={'|'.join(str(t) for t in trees)}{lists}"
         return cls(slots, description, batch_size)
 
     @classmethod
