@@ -4,7 +4,7 @@
 ``binary(unary(x),unary(x))``; (b) timm resnet18 (random weights) at 64x64, batch 32, over 20
 functions. Targets: (a) at most 2 training steps per candidate, (b) at most 10.
 
-Usage: ``python benchmarks/bench_fisher.py [--n 2918] [--n-resnet 20] [--threads 2]``.
+Usage: ``python benchmarks/bench_fisher.py [--n 2918] [--n-resnet 20] [--threads 1]``.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=None, help="digits candidates (default: all)")
     parser.add_argument("--n-resnet", type=int, default=20, help="resnet18 candidates")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     space = SearchSpace.from_schemas(["binary(unary(x),unary(x))"], unary=PAPER_UNARY)

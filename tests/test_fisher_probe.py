@@ -1,6 +1,7 @@
 """Fisher-spectrum features and the probe over candidate activations, on real architectures."""
 
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -207,3 +208,46 @@ class _Attention(nn.Module):
 
 
 _attention = _Attention
+
+
+@pytest.mark.parametrize("fisher", ["empirical", "model"])
+@pytest.mark.parametrize("build", [SmallCNN, _attention], ids=["grouped_cnn", "attention"])
+def test_stacked_candidates_match_one_at_a_time(build, fisher):
+    x, y = _batch((1, 8, 8), 8) if build is SmallCNN else _batch((5, 8), 6)
+    expressions = ["tanh(x)", "exp(exp(exp(x)))", "relu(x)", "mul(x,erf(x))", "softplus(x)"]
+    kwargs = {"fisher": fisher, "progress": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the attention's unseen out_proj
+        alone = FisherProbe(build, 10 * x, y, stack=1, **kwargs)
+        expected, expected_diverged = alone.features(expressions, return_diverged=True)
+        assert expected_diverged.tolist() == [False, True, False, False, False]
+        for stack in (2, 5, None):
+            probe = FisherProbe(build, 10 * x, y, stack=stack, **kwargs)
+            matrix, diverged = probe.features(expressions, return_diverged=True)
+            np.testing.assert_array_equal(matrix, expected)
+            np.testing.assert_array_equal(diverged, expected_diverged)
+            assert probe.fingerprint == alone.fingerprint
+
+
+class _MixesSamples(nn.Module):
+    """Centres each feature over the batch: samples are not computed on their own."""
+
+    def __init__(self, activation):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(3, 16), activation, nn.Linear(16, 4))
+
+    def forward(self, x):
+        hidden = self.net[1](self.net[0](x))
+        return self.net[2](hidden - hidden.mean(0))
+
+
+def test_stacking_is_checked_and_falls_back():
+    x, y = torch.randn(12, 3), torch.arange(12) % 4
+    expressions = ["tanh(x)", "relu(x)", "sigmoid(x)"]
+    expected = FisherProbe(_MixesSamples, x, y, stack=1).features(expressions)
+    automatic = FisherProbe(_MixesSamples, x, y)
+    np.testing.assert_array_equal(automatic.features(expressions), expected)
+    with pytest.raises(ValueError, match="stack=3"):
+        FisherProbe(_MixesSamples, x, y, stack=3).features(expressions)
+    with pytest.raises(ValueError, match="stack"):
+        FisherProbe(_MixesSamples, x, y, stack=0)

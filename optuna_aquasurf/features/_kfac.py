@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -149,6 +149,13 @@ class LayerFactors:
     g: torch.Tensor
     zeros_g: int
 
+    def candidate(self, k: int, stack: int) -> LayerFactors:
+        """The factors of copy ``k`` of ``stack`` stacked candidates (their blocks ``k``)."""
+        if stack == 1:
+            return self
+        rows = slice(k * self.groups, (k + 1) * self.groups)
+        return replace(self, a=self.a[rows], g=self.g[rows])
+
 
 def kfac_factors(
     model: nn.Module,
@@ -159,29 +166,80 @@ def kfac_factors(
     seed: int = 0,
 ) -> list[LayerFactors]:
     """The factors of :func:`kfac_eigenvalues`, before :func:`decompose`."""
+    (factors,) = stacked_kfac_factors(model, inputs, targets, 1, loss_fn, fisher, seed)
+    if isinstance(factors, DivergedError):
+        raise factors
+    return factors
+
+
+def stacked_kfac_factors(
+    model: nn.Module,
+    inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    targets: torch.Tensor,
+    stack: int,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    fisher: str = "empirical",
+    seed: int = 0,
+) -> list[list[LayerFactors] | DivergedError]:
+    """The factors of ``stack`` models in one forward and backward pass.
+
+    ``model`` runs on ``stack`` copies of the batch, stacked along the first dimension; copy ``k``
+    is candidate ``k`` (a model that computes each sample on its own, with an activation that
+    treats each copy as its candidate). Every copy gets its own outputs, targets and batch-mean
+    loss, and the gradient of their sum gives each copy's own per-sample gradients.
+
+    Returns
+    -------
+    list
+        Per copy, its factors as :func:`kfac_factors` gives them for that candidate alone, or the
+        :class:`DivergedError` that it would raise.
+    """
     if fisher not in FISHER_TYPES:
         raise ValueError(f"fisher must be one of {FISHER_TYPES}, got {fisher!r}")
     n = targets.shape[0]
-    with _Capture(model) as capture:
+    if stack > 1:
+        inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+        inputs = tuple(torch.cat([t] * stack) for t in inputs)
+    results: list[list[LayerFactors] | DivergedError | None] = [None] * stack
+    with _Capture(model, stack) as capture:
         outputs = model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
         if not isinstance(outputs, torch.Tensor):
             raise TypeError(f"the model must return a tensor, got {type(outputs).__name__}")
-        if not torch.isfinite(outputs).all():
-            raise DivergedError("the model outputs are not finite")
-        if fisher == "model":
-            targets = sample_targets(outputs, targets, seed)
-        loss = (loss_fn or default_loss)(outputs, targets)
-        if loss.ndim != 0:
+        if outputs.shape[0] % stack:
             raise ValueError(
-                f"loss_fn must return the batch-mean loss (a scalar), got {loss.shape}"
+                f"outputs of shape {tuple(outputs.shape)} do not split into {stack} candidates"
             )
-        if not torch.isfinite(loss):
-            raise DivergedError(f"the loss is not finite ({loss.item()})")
+        total = None
+        for k, part in enumerate(outputs.chunk(stack) if stack > 1 else (outputs,)):
+            try:
+                loss = _loss(part, targets, loss_fn, fisher, seed)
+            except DivergedError as err:
+                results[k] = err
+                continue
+            total = loss if total is None else total + loss
         wrt = capture.gradient_inputs()
-        if loss.requires_grad and wrt:
-            torch.autograd.grad(loss, wrt, allow_unused=True)
+        if total is not None and total.requires_grad and wrt:
+            torch.autograd.grad(total, wrt, allow_unused=True)
     capture.warn_missing()
-    return [_reduce(layer, n) for layer in capture.captured_layers()]
+    layers = [_reduce(layer, n) for layer in capture.captured_layers()]
+    return [
+        [layer.candidate(k, stack) for layer in layers] if result is None else result
+        for k, result in enumerate(results)
+    ]
+
+
+def _loss(outputs, targets, loss_fn, fisher, seed) -> torch.Tensor:
+    """The batch-mean loss of one candidate's outputs."""
+    if not torch.isfinite(outputs).all():
+        raise DivergedError("the model outputs are not finite")
+    if fisher == "model":
+        targets = sample_targets(outputs, targets, seed)
+    loss = (loss_fn or default_loss)(outputs, targets)
+    if loss.ndim != 0:
+        raise ValueError(f"loss_fn must return the batch-mean loss (a scalar), got {loss.shape}")
+    if not torch.isfinite(loss):
+        raise DivergedError(f"the loss is not finite ({loss.item()})")
+    return loss
 
 
 def probed_layers(
@@ -296,17 +354,22 @@ class _Layer:
 
 
 class _Capture(TorchFunctionMode):
-    """Records the factors of every Linear/Conv2d layer during one forward and backward pass."""
+    """Records the factors of every Linear/Conv2d layer during one forward and backward pass.
 
-    def __init__(self, model: nn.Module):
+    With ``stack`` candidates stacked along the batch dimension, each factor has ``stack`` times
+    the blocks of one candidate, candidate-major.
+    """
+
+    def __init__(self, model: nn.Module, stack: int = 1):
         super().__init__()
+        self.stack_size = stack
         self.layers: dict[nn.Module, _Layer] = {}
         for name, module in model.named_modules():
             for cls, call in _CALLS.items():
                 if isinstance(module, cls):
                     self.layers[module] = _Layer(name, module, call)
         self.stack: list[_Layer] = []
-        self.gradient_wrt: dict[int, torch.Tensor] = {}
+        self.gradient_wrt: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
         self.requires_grad: dict[torch.nn.Parameter, bool] = {}
         self.grad_mode = torch.enable_grad()
@@ -351,39 +414,56 @@ class _Capture(TorchFunctionMode):
     def _record(self, layer: _Layer, out: torch.Tensor, x, weight, bias, *conv) -> None:
         with torch.no_grad():
             x = _at_least_float32(x.detach())
+            stack = self.stack_size
             if layer.call is F.linear:
-                groups, rows = 1, x.reshape(1, -1, x.shape[-1])
+                groups, rows = 1, x.reshape(stack, -1, x.shape[-1])
             else:
                 groups, rows = conv[-1], _patches(x, weight.shape, *conv)
+                if stack > 1:
+                    rows = rows.reshape(groups, stack, -1, rows.shape[-1]).transpose(0, 1)
+                    rows = rows.reshape(stack * groups, -1, rows.shape[-1])
             if layer.a is None:
                 layer.groups = groups
                 layer.num_weights = weight.numel() + (0 if bias is None else bias.numel())
-                empty = rows.new_zeros(groups, 0, 0)
+                empty = rows.new_zeros(stack * groups, 0, 0)
                 layer.a = _Factor(rows.shape[2] + (bias is not None), empty, bias is not None)
                 layer.g = _Factor(weight.shape[0] // groups, empty)
             layer.a.add(rows)
         if out.requires_grad:  # else computed under no_grad: no gradient reaches it
             out.register_hook(self._gradient_hook(layer))
-            source = x if x.requires_grad else weight
-            self.gradient_wrt.setdefault(id(source), source)
+            # the output when the input needs no gradient (a first layer): no weight gradient
+            source = x if x.requires_grad else out
+            self.gradient_wrt.setdefault(id(source), (source, source._version, weight))
 
     def _gradient_hook(self, layer: _Layer):
         def hook(grad: torch.Tensor) -> None:
             with torch.no_grad():
-                grad = _at_least_float32(grad)
+                grad, stack = _at_least_float32(grad), self.stack_size
                 if layer.call is F.linear:
-                    rows = grad.reshape(1, -1, grad.shape[-1])
-                else:
+                    rows = grad.reshape(stack, -1, grad.shape[-1])
+                elif stack == 1:
                     width = grad.shape[1] // layer.groups
                     rows = grad.permute(0, 2, 3, 1).reshape(-1, layer.groups, width)
                     rows = rows.transpose(0, 1)
+                else:
+                    width = grad.shape[1] // layer.groups
+                    rows = grad.permute(0, 2, 3, 1).reshape(stack, -1, layer.groups, width)
+                    rows = rows.transpose(1, 2).reshape(stack * layer.groups, -1, width)
                 layer.g.add(rows)
 
         return hook
 
     def gradient_inputs(self) -> list[torch.Tensor]:
-        """Tensors to differentiate the loss with respect to so that every hook fires."""
-        return [t for t in self.gradient_wrt.values() if t.requires_grad]
+        """Tensors to differentiate the loss with respect to so that every hook fires.
+
+        A layer output changed in place since (an in-place activation) is no longer the tensor
+        the hook is on; its layer's weight takes its place.
+        """
+        tensors = (
+            t if t._version == version else weight
+            for t, version, weight in self.gradient_wrt.values()
+        )
+        return [t for t in tensors if t.requires_grad]
 
     def captured_layers(self) -> list[_Layer]:
         return [layer for layer in self.layers.values() if layer.a is not None]
@@ -429,8 +509,8 @@ def _patches(x, weight_shape, stride, padding, dilation, groups) -> torch.Tensor
     """Conv2d input patches, ``(groups, N * positions, kh * kw * in_channels / groups)``.
 
     The patches of ``torch.nn.functional.unfold`` with their columns permuted (kernel position
-    first, then channel; a permutation leaves the factor's eigenvalues unchanged), gathered from
-    kernel-shifted slices of the channels-last input: several times faster than ``unfold``.
+    first, then channel; a permutation leaves the factor's eigenvalues unchanged), copied from a
+    strided view of the channels-last input: several times faster than ``unfold``.
     """
     (kh, kw), (sh, sw), (dh, dw) = weight_shape[2:], _pair(stride), _pair(dilation)
     if padding == "same":
@@ -442,12 +522,12 @@ def _patches(x, weight_shape, stride, padding, dilation, groups) -> torch.Tensor
     n, channels, height, width = x.shape
     ho, wo = (height - dh * (kh - 1) - 1) // sh + 1, (width - dw * (kw - 1) - 1) // sw + 1
     x = x.permute(0, 2, 3, 1).contiguous()
-    shifted = [
-        x[:, i * dh : i * dh + sh * (ho - 1) + 1 : sh, j * dw : j * dw + sw * (wo - 1) + 1 : sw]
-        for i in range(kh)
-        for j in range(kw)
-    ]
-    patches = torch.stack(shifted, dim=3)
+    step_n, step_h, step_w, step_c = x.stride()
+    patches = x.as_strided(
+        (n, ho, wo, kh, kw, channels),
+        (step_n, sh * step_h, sw * step_w, dh * step_h, dw * step_w, step_c),
+        x.storage_offset(),
+    )
     if groups == 1:
         return patches.reshape(1, n * ho * wo, kh * kw * channels)
     patches = patches.reshape(n * ho * wo, kh * kw, groups, channels // groups)
@@ -468,33 +548,9 @@ def decompose(factors: list[LayerFactors]) -> list[LayerSpectrum]:
     DivergedError
         When a factor is not finite, or its eigendecomposition fails even in float64.
     """
-    matrices = []
-    for i, layer in enumerate(factors):
-        for which, matrix in (("A", layer.a), ("G", layer.g)):
-            if not torch.isfinite(matrix).all():
-                raise DivergedError(
-                    f"the Kronecker factor {which} of layer {layer.name!r} is not finite"
-                )
-            matrices.append(((i, which), matrix))
-    eigs = _batched_eigvalsh(matrices, factors)
-    return [
-        LayerSpectrum(f.name, f.num_weights, eigs[i, "A"], f.zeros_a, eigs[i, "G"], f.zeros_g)
-        for i, f in enumerate(factors)
-    ]
-
-
-def _batched_eigvalsh(matrices, factors) -> dict[tuple[int, str], torch.Tensor]:
-    """Eigenvalues of each ``(groups, m, m)`` matrix, one ``eigvalsh`` call per size."""
-    by_size: dict[tuple, list] = {}
-    for key, matrix in matrices:
-        by_size.setdefault((matrix.shape[-1], matrix.dtype, matrix.device), []).append(
-            (key, matrix)
-        )
+    _check_finite(factors)
     eigs = {}
-    for (size, _, _), batch in by_size.items():
-        if size == 0:
-            eigs.update((key, m.new_zeros(m.shape[0], 0)) for key, m in batch)
-            continue
+    for batch in _by_size(_matrices(0, factors)):
         stacked = torch.cat([m for _, m in batch])
         try:
             values = torch.linalg.eigvalsh(stacked)
@@ -502,11 +558,110 @@ def _batched_eigvalsh(matrices, factors) -> dict[tuple[int, str], torch.Tensor]:
             try:
                 values = _careful_eigvalsh(stacked)
             except torch.linalg.LinAlgError as err:
-                names = sorted({factors[i].name for (i, _), _ in batch})
+                names = sorted({factors[i].name for (_, i, _), _ in batch})
                 raise DivergedError(f"eigendecomposition failed for layers {names}: {err}") from err
-        for (key, _), part in zip(batch, values.split([m.shape[0] for _, m in batch])):
-            eigs[key] = part
-    return eigs
+        _split(batch, values, eigs)
+    return _spectra(0, factors, eigs)
+
+
+def decompose_stacked(
+    candidates: list[list[LayerFactors] | DivergedError],
+) -> list[list[LayerSpectrum] | DivergedError]:
+    """:func:`decompose` of many candidates' factors, one ``eigvalsh`` call per size for all.
+
+    A diverged candidate (given as its error, or with a factor that is not finite) gives its
+    :class:`DivergedError`. When an eigendecomposition fails, every candidate is decomposed on
+    its own, exactly as :func:`decompose` does.
+    """
+    results: list[list[LayerFactors] | DivergedError] = list(candidates)
+    matrices = [
+        entry
+        for c, factors in enumerate(candidates)
+        if not isinstance(factors, DivergedError)
+        for entry in _matrices(c, factors)
+    ]
+    bad: dict[int, tuple[int, str]] = {}  # per candidate, its first factor that is not finite
+    for batch in _by_size(matrices):
+        finite = torch.isfinite(torch.cat([m for _, m in batch])).all(dim=(1, 2))
+        flags, start = finite.tolist(), 0
+        for (c, i, which), matrix in batch:
+            start += matrix.shape[0]
+            if not all(flags[start - matrix.shape[0] : start]):
+                bad[c] = min(bad.get(c, (i, which)), (i, which))
+    for c, (i, which) in bad.items():
+        results[c] = _not_finite(which, candidates[c][i].name)
+    eigs = {}
+    try:
+        good = [(key, m) for key, m in matrices if not isinstance(results[key[0]], DivergedError)]
+        for batch in _by_size(good):
+            _split(batch, torch.linalg.eigvalsh(torch.cat([m for _, m in batch])), eigs)
+    except torch.linalg.LinAlgError:
+        return [_decompose_or_error(r) for r in results]
+    return [
+        r if isinstance(r, DivergedError) else _spectra(c, r, eigs) for c, r in enumerate(results)
+    ]
+
+
+def _decompose_or_error(factors: list[LayerFactors] | DivergedError):
+    if isinstance(factors, DivergedError):
+        return factors
+    try:
+        return decompose(factors)
+    except DivergedError as err:
+        return err
+
+
+def _check_finite(factors: list[LayerFactors]) -> None:
+    for layer in factors:
+        for which, matrix in (("A", layer.a), ("G", layer.g)):
+            if not torch.isfinite(matrix).all():
+                raise _not_finite(which, layer.name)
+
+
+def _not_finite(which: str, name: str) -> DivergedError:
+    return DivergedError(f"the Kronecker factor {which} of layer {name!r} is not finite")
+
+
+def _matrices(c: int, factors: list[LayerFactors]) -> list[tuple[tuple, torch.Tensor]]:
+    """``((candidate, layer, "A" or "G"), matrix)`` of every factor of candidate ``c``."""
+    return [
+        ((c, i, which), matrix)
+        for i, layer in enumerate(factors)
+        for which, matrix in (("A", layer.a), ("G", layer.g))
+    ]
+
+
+def _by_size(matrices: list[tuple[tuple, torch.Tensor]]) -> list[list[tuple[tuple, torch.Tensor]]]:
+    """The matrices grouped by size (dtype and device too), the empty ones left out."""
+    by_size: dict[tuple, list] = {}
+    for key, matrix in matrices:
+        by_size.setdefault((matrix.shape[-1], matrix.dtype, matrix.device), []).append(
+            (key, matrix)
+        )
+    return [batch for (size, _, _), batch in by_size.items() if size]
+
+
+def _split(batch, values: torch.Tensor, eigs: dict) -> None:
+    for (key, _), part in zip(batch, values.split([m.shape[0] for _, m in batch])):
+        eigs[key] = part
+
+
+def _spectra(c: int, factors: list[LayerFactors], eigs: dict) -> list[LayerSpectrum]:
+    def values(i, which, matrix):
+        key = (c, i, which)
+        return eigs[key] if key in eigs else matrix.new_zeros(matrix.shape[0], 0)
+
+    return [
+        LayerSpectrum(
+            f.name,
+            f.num_weights,
+            values(i, "A", f.a),
+            f.zeros_a,
+            values(i, "G", f.g),
+            f.zeros_g,
+        )
+        for i, f in enumerate(factors)
+    ]
 
 
 def _careful_eigvalsh(stacked: torch.Tensor) -> torch.Tensor:

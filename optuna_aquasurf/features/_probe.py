@@ -14,8 +14,11 @@ from optuna_aquasurf.features._fisher import Bins, bin_count, spectra_features
 from optuna_aquasurf.features._kfac import (
     FISHER_TYPES,
     DivergedError,
-    kfac_spectra,
+    LayerFactors,
+    decompose_stacked,
+    kfac_factors,
     probed_layers,
+    stacked_kfac_factors,
 )
 
 __all__ = ["DivergedError", "FisherProbe"]
@@ -24,6 +27,12 @@ __all__ = ["DivergedError", "FisherProbe"]
 FEATURE_VERSION = "fisher-kfac-cdf/1"
 #: The progress bar appears for more candidates than this.
 PROGRESS_MIN = 20
+#: Automatic stacking: at most this many activation outputs (elements) in one pass ...
+STACK_ELEMENTS = 1 << 21
+#: ... and at most this many candidates.
+STACK_MAX = 32
+#: The two candidates of the check that stacking gives each candidate its own factors.
+STACK_CHECK = ("relu(x)", "tanh(x)")
 
 
 class FisherProbe:
@@ -55,6 +64,15 @@ class FisherProbe:
         Where models run; default CUDA when available, else CPU.
     progress
         Show a progress bar when computing features of more than 20 candidates.
+    stack
+        Candidates computed together in one forward and backward pass, on copies of the batch
+        stacked along the first dimension (each copy with its candidate's activation; the same
+        factors, one candidate's per copy). ``None``: as many as keep the activation outputs of
+        a pass under 2**21 elements (at most 32). Before stacking, a check compares the stacked
+        factors of ``relu`` and ``tanh`` with those computed one at a time; when they differ
+        (a model that mixes samples, or whose batch is not the first dimension), ``None`` falls
+        back to one at a time and an explicit ``stack`` raises ``ValueError``. ``1``: one at a
+        time.
 
     Notes
     -----
@@ -88,9 +106,12 @@ class FisherProbe:
         bins: Bins = None,
         device: str | torch.device | None = None,
         progress: bool = True,
+        stack: int | None = None,
     ):
         if fisher not in FISHER_TYPES:
             raise ValueError(f"fisher must be one of {FISHER_TYPES}, got {fisher!r}")
+        if stack is not None and (not isinstance(stack, (int, np.integer)) or stack < 1):
+            raise ValueError(f"stack must be a positive int or None, got {stack!r}")
         self.build_model = build_model
         self.inputs = _to_cpu(inputs)
         self.targets = targets.detach().cpu()
@@ -100,8 +121,11 @@ class FisherProbe:
         self.bins = bins
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.progress = progress
+        self.stack = stack
         self._layers: list[tuple[str, int, int]] | None = None
         self._fingerprint: str | None = None
+        self._elements = 0
+        self._stack: int | None = None
 
     @property
     def layers(self) -> list[tuple[str, int, int]]:
@@ -145,38 +169,82 @@ class FisherProbe:
         numpy.ndarray or (numpy.ndarray, numpy.ndarray)
             ``(n, feature_length)`` matrix without NaNs, and the mask when asked.
         """
-        from optuna_aquasurf import ActivationFunction
-
         if isinstance(space, str):
             space = [space]
         expressions = [getattr(c, "expression", c) for c in space]
         matrix = np.empty((len(expressions), self.feature_length), dtype=np.float32)
         diverged = np.zeros(len(expressions), dtype=bool)
         inputs, targets = _to(self.inputs, self.device), self.targets.to(self.device)
+        stack = self._stack_size() if len(expressions) > 1 else 1
+        starts = range(0, len(expressions), stack)
         show = self.progress and len(expressions) > PROGRESS_MIN
-        rows = track(
-            expressions, description="Fisher features", total=len(expressions), disable=not show
-        )
-        for i, expression in enumerate(rows):
-            row = self._row(ActivationFunction(expression), inputs, targets)
-            diverged[i] = row is None
-            matrix[i] = self._diverged_row() if row is None else row
+        for start in track(starts, description="Fisher features", disable=not show):
+            group = expressions[start : start + stack]
+            for i, row in enumerate(self._rows(group, inputs, targets), start):
+                diverged[i] = row is None
+                matrix[i] = self._diverged_row() if row is None else row
         return (matrix, diverged) if return_diverged else matrix
 
-    def _row(self, activation: nn.Module, inputs, targets) -> np.ndarray | None:
-        """Features of one candidate, or None when it diverges."""
-        model = self._build(activation)
+    def _rows(self, expressions: list[str], inputs, targets) -> list[np.ndarray | None]:
+        """Features of candidates computed in one pass, None for those that diverge."""
+        model = self._build(_activation(expressions))
+        factors = self._factors(model, len(expressions), inputs, targets)
+        rows = []
+        for expression, spectra in zip(expressions, decompose_stacked(factors)):
+            if isinstance(spectra, DivergedError):
+                rows.append(None)
+                continue
+            names = [s.name for s in spectra]
+            if names != [name for name, _, _ in self.layers]:
+                raise RuntimeError(
+                    f"candidate {expression!r} changed the probed layers: {names} instead "
+                    f"of {[name for name, _, _ in self.layers]}"
+                )
+            rows.append(spectra_features(spectra, self.bins))
+        return rows
+
+    def _factors(self, model, stack: int, inputs, targets):
+        return stacked_kfac_factors(
+            model, inputs, targets, stack, self.loss_fn, self.fisher, self.seed
+        )
+
+    def _stack_size(self) -> int:
+        """Candidates per pass, once checked that stacking gives each its own factors."""
+        if self._stack is None:
+            if self.stack is None:
+                self._reference()
+                stack = min(STACK_MAX, STACK_ELEMENTS // max(1, self._elements))
+                self._stack = stack if stack > 1 and self._stacking_agrees() else 1
+            elif self.stack > 1 and not self._stacking_agrees():
+                raise ValueError(
+                    f"stack={self.stack}: the factors of candidates stacked in one pass differ "
+                    "from those computed one at a time (the model mixes samples, or its batch "
+                    "is not the first dimension); use stack=1 or None"
+                )
+            else:
+                self._stack = self.stack
+        return self._stack
+
+    def _stacking_agrees(self) -> bool:
+        """Whether :data:`STACK_CHECK` stacked in one pass get their factors one at a time."""
+        inputs, targets = _to(self.inputs, self.device), self.targets.to(self.device)
         try:
-            spectra = kfac_spectra(model, inputs, targets, self.loss_fn, self.fisher, self.seed)
-        except DivergedError:
-            return None
-        names = [s.name for s in spectra]
-        if names != [name for name, _, _ in self.layers]:
-            raise RuntimeError(
-                f"candidate {activation.expression!r} changed the probed layers: {names} instead "
-                f"of {[name for name, _, _ in self.layers]}"
-            )
-        return spectra_features(spectra, self.bins)
+            alone = [
+                kfac_factors(
+                    self._build(_activation([e])),
+                    inputs,
+                    targets,
+                    self.loss_fn,
+                    self.fisher,
+                    self.seed,
+                )
+                for e in STACK_CHECK
+            ]
+            model = self._build(_activation(list(STACK_CHECK)))
+            stacked = self._factors(model, len(STACK_CHECK), inputs, targets)
+        except Exception:  # noqa: BLE001 - a model that cannot be stacked is computed one at a time
+            return False
+        return all(_same_factors(a, b) for a, b in zip(alone, stacked))
 
     def _build(self, activation: nn.Module) -> nn.Module:
         """``build_model(activation)`` after seeding; the caller's random state is kept."""
@@ -196,10 +264,17 @@ class FisherProbe:
         return np.concatenate(parts)
 
     def _reference(self) -> None:
-        """Builds the ``relu`` model once: the probed layers and the fingerprint."""
+        """Builds the ``relu`` model once: the probed layers, the fingerprint, and the number of
+        activation outputs of one pass."""
         from optuna_aquasurf import ActivationFunction
 
-        model = self._build(ActivationFunction("relu(x)"))
+        def count(module, args, output):
+            self._elements += output.numel()
+
+        activation = ActivationFunction("relu(x)")
+        activation.register_forward_hook(count)
+        model = self._build(activation)
+        self._elements = 0
         self._layers = [
             (name, num_weights, bin_count(self.bins, num_weights))
             for name, num_weights in probed_layers(model, _to(self.inputs, self.device))
@@ -213,6 +288,45 @@ class FisherProbe:
         loss = "default" if self.loss_fn is None else _qualname(self.loss_fn)
         digest.update(repr((self._layers, self.seed, self.fisher, loss)).encode())
         self._fingerprint = digest.hexdigest()
+
+
+class _StackedActivation(nn.Module):
+    """Activation ``k`` of ``activations`` on part ``k`` of the first dimension, in equal parts."""
+
+    def __init__(self, activations: list[nn.Module]):
+        super().__init__()
+        self.activations = nn.ModuleList(activations)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] % len(self.activations):
+            raise ValueError(
+                f"an input of shape {tuple(x.shape)} does not split into "
+                f"{len(self.activations)} candidates along its first dimension"
+            )
+        parts = x.chunk(len(self.activations))
+        return torch.cat([act(part) for act, part in zip(self.activations, parts)])
+
+
+def _activation(expressions: list[str]) -> nn.Module:
+    """The activation module of one candidate, or the stacked one of several."""
+    from optuna_aquasurf import ActivationFunction
+
+    activations = [ActivationFunction(e) for e in expressions]
+    return activations[0] if len(activations) == 1 else _StackedActivation(activations)
+
+
+def _same_factors(alone: list[LayerFactors], stacked: list[LayerFactors] | DivergedError) -> bool:
+    """Whether a candidate's stacked factors are its own (to float32 rounding)."""
+    if isinstance(stacked, DivergedError) or len(alone) != len(stacked):
+        return False
+    for a, b in zip(alone, stacked):
+        if (a.name, a.zeros_a, a.zeros_g) != (b.name, b.zeros_a, b.zeros_g):
+            return False
+        for x, y in ((a.a, b.a), (a.g, b.g)):
+            scale = float(x.abs().max()) if x.numel() else 0.0
+            if x.shape != y.shape or not torch.allclose(x, y, rtol=1e-4, atol=1e-5 * scale):
+                return False
+    return True
 
 
 def _update(digest, label: str, tensor: torch.Tensor) -> None:
