@@ -41,8 +41,10 @@ class Pruner(str, enum.Enum):
 Storage = Annotated[
     str,
     typer.Option(
+        envvar="AQUASURF_STORAGE",
         help="SQLAlchemy URL of the database, e.g. postgresql://user:password@host/db "
-        "(passwords are never printed)."
+        "(passwords are never printed). Several machines can work on one study in PostgreSQL "
+        "or MySQL; SQLite suits the processes of one machine.",
     ),
 ]
 StudyName = Annotated[
@@ -106,15 +108,25 @@ def optimize(
         ),
     ] = None,
     max_retry: Annotated[int, typer.Option(min=0, help="Retries of a killed trial.")] = 3,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Worker processes on this machine: one GPU each when several are visible "
+            "(CUDA_VISIBLE_DEVICES), the CPU cores split between them otherwise. Workers on "
+            "other machines run the same command with the same --storage and --study.",
+        ),
+    ] = 1,
+    worker: Annotated[str | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Search activation functions for the model in FILE, or resume that search.
 
     Ctrl-C stops cleanly (exit code 130); the same command resumes.
     """
     from optuna_aquasurf.cli._optimize import optimize as run
+    from optuna_aquasurf.cli._workers import optimize_with_workers
 
-    run(
-        file,
+    settings = dict(
         n_trials=n_trials,
         timeout=timeout,
         device=device,
@@ -126,6 +138,10 @@ def optimize(
         grace_period=grace_period,
         max_retry=max_retry,
     )
+    if workers == 1:
+        run(file, worker=worker, **settings)
+    else:
+        optimize_with_workers(file, workers, **settings)
 
 
 @app.command()

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import signal
+import socket
 import time
 from collections.abc import Callable
 
@@ -19,9 +21,10 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from torch import nn
 
 from optuna_aquasurf import suggest_activation
+from optuna_aquasurf._store import lost_connection
 from optuna_aquasurf.cli._console import UserError, err_console
 from optuna_aquasurf.cli._trainer import Diverged, fit
-from optuna_aquasurf.cli._trials import INTERRUPTED
+from optuna_aquasurf.cli._trials import INTERRUPTED, LOST_CONNECTION
 from optuna_aquasurf.cli._userfile import UserFile, user_traceback
 
 #: The search stops when this many first trials of a run all raise the same type of exception.
@@ -80,6 +83,8 @@ class Objective:
         Set by Ctrl-C (see :func:`stop_on_interrupt`).
     interrupted_trial
         The number of the trial that Ctrl-C interrupted, if any.
+    trial_id
+        The storage id of the trial running now or last.
     """
 
     def __init__(
@@ -96,11 +101,13 @@ class Objective:
         self.running = False
         self.interrupted = False
         self.interrupted_trial: int | None = None
+        self.trial_id: int | None = None
         self._first_reasons: list[str | None] = []
         self._shown: set[str] = set()
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.running = True
+        self.trial_id = trial._trial_id
         started = time.perf_counter()
         try:
             if self.interrupted:
@@ -110,12 +117,18 @@ class Objective:
             self.interrupted_trial = trial.number
             trial.set_user_attr("fail_reason", INTERRUPTED)
             raise
+        except Exception as error:
+            if lost_connection(error) is not None:  # the database's fault, not the function's
+                with contextlib.suppress(Exception):  # recorded if the connection is back
+                    trial.set_user_attr("fail_reason", LOST_CONNECTION)
+            raise
         finally:
             self.running = False
             trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
 
     def _run(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("device", str(self.device))
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         seed = trial.user_attrs.get("seed", self.seed + trial.number)  # a retry keeps its seed
         trial.set_user_attr("seed", seed)
         random.seed(seed)
@@ -137,6 +150,8 @@ class Objective:
             torch.cuda.empty_cache()
             reason = f"out of memory: {str(error).splitlines()[0]}"
         except Exception as error:
+            if lost_connection(error) is not None:  # from trial.report() in the user's train()
+                raise
             reason = f"error: {type(error).__name__}: {error}"
             if reason not in self._shown:
                 self._shown.add(reason)

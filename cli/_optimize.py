@@ -7,9 +7,12 @@ import warnings
 from pathlib import Path
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
+from rich.markup import escape
+from sqlalchemy.exc import DBAPIError
 
 from optuna_aquasurf import AquaSurfSampler, SpaceExhaustedError
+from optuna_aquasurf._store import lost_connection
 from optuna_aquasurf.cli import _views
 from optuna_aquasurf.cli._console import UserError, console, err_console
 from optuna_aquasurf.cli._objective import (
@@ -19,11 +22,13 @@ from optuna_aquasurf.cli._objective import (
 )
 from optuna_aquasurf.cli._progress import SearchProgress
 from optuna_aquasurf.cli._storage import masked, open_storage
-from optuna_aquasurf.cli._trials import counts_toward_target, pending_reruns
+from optuna_aquasurf.cli._trials import LOST_CONNECTION, counts_toward_target, pending_reruns
 from optuna_aquasurf.cli._userfile import UserFile, load_user_file, user_traceback
 
 #: Rows of the table shown at the end.
 TOP_ROWS = 10
+#: Seconds waited before each attempt to reach the database again after a lost connection.
+RECONNECT_DELAYS = (1, 2, 4, 8, 16, 32)
 
 
 def make_pruner(name: str) -> optuna.pruners.BasePruner:
@@ -44,6 +49,80 @@ def build_sampler(user: UserFile, seed: int, device) -> AquaSurfSampler:
     return AquaSurfSampler(space=user.search_space(), probe=user.probe(seed, device), seed=seed)
 
 
+def open_study(
+    path: Path,
+    *,
+    storage_url: str,
+    study_name: str | None,
+    seed: int,
+    device: str,
+    pruner: str,
+    heartbeat_interval: int,
+    grace_period: int | None,
+    max_retry: int,
+) -> tuple[UserFile, optuna.Study]:
+    """The model file and its study, created or loaded, with the sampler of the file.
+
+    Raises
+    ------
+    UserError
+        For problems with the file, the storage or the study.
+    """
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    user = load_user_file(path)
+    torch_device = resolve_device(device)
+    storage = open_storage(
+        storage_url,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+        max_retry=max_retry,
+    )
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name or path.stem,
+        direction=user.direction,
+        sampler=build_sampler(user, seed, torch_device),
+        pruner=make_pruner(pruner),
+        load_if_exists=True,
+    )
+    if study.direction.name.lower() != user.direction:
+        raise UserError(
+            f"Study {study.study_name!r} in {masked(storage_url)} was created to "
+            f"{study.direction.name.lower()}, but {path} says DIRECTION = {user.direction!r}: "
+            "choose another --study name."
+        )
+    study.set_user_attr(
+        _views.SETTINGS_ATTR, {"file": str(path), "space": user.space, "seed": seed}
+    )
+    return user, study
+
+
+def describe(study: optuna.Study, user: UserFile, n_trials: int, storage_url: str, where: str):
+    """Print what the search is about to do; return the number of trials done already."""
+    done = sum(counts_toward_target(t) for t in study.get_trials(deepcopy=False))
+    err_console.print(
+        f"Study [bold]{study.study_name}[/] in {masked(storage_url)}: {done} of {n_trials} "
+        f"trials done ({user.direction}). Model {user.path} on {where}; "
+        f"{len(study.sampler.space):,} functions"
+        + (", Fisher features of the model" if user.fisher_batch else "")
+        + "."
+    )
+    if done >= n_trials:
+        err_console.print(f"Nothing to do: raise --n-trials above {done} to continue.")
+    return done
+
+
+def print_top(study: optuna.Study, path: Path) -> None:
+    """The table of the best functions, and what to do next."""
+    rows = _views.top(study, TOP_ROWS, study.sampler.space)
+    if rows:
+        _views.print_top(console, rows, f"Best functions of {study.study_name}")
+        err_console.print(
+            f"Plots: aquasurf plot {path}    PyTorch module: aquasurf export --study "
+            f"{study.study_name}"
+        )
+
+
 def optimize(
     path: Path,
     *,
@@ -57,97 +136,83 @@ def optimize(
     heartbeat_interval: int,
     grace_period: int | None,
     max_retry: int,
+    worker: str | None = None,
 ) -> None:
     """Run the search until the study has ``n_trials`` finished trials (see the CLI help).
+
+    With ``worker`` (a label such as ``"2/4"``), this process is one of several workers started
+    by ``--workers``: it prints one plain line per trial and no summary.
 
     Raises
     ------
     UserError
-        For problems with the file, the storage or the study, and when the first trials all
-        fail with the same error.
+        For problems with the file, the storage or the study, when the first trials all fail
+        with the same error, and when the database stays unreachable.
     KeyboardInterrupt
         After Ctrl-C, once the running trial is marked failed (reason ``"interrupted"``).
     """
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    user = load_user_file(path)
-    torch_device = resolve_device(device)
-    storage = open_storage(
-        storage_url,
+    user, study = open_study(
+        path,
+        storage_url=storage_url,
+        study_name=study_name,
+        seed=seed,
+        device=device,
+        pruner=pruner,
         heartbeat_interval=heartbeat_interval,
         grace_period=grace_period,
         max_retry=max_retry,
     )
-    sampler = build_sampler(user, seed, torch_device)
-    study = optuna.create_study(
-        storage=storage,
-        study_name=study_name or path.stem,
-        direction=user.direction,
-        sampler=sampler,
-        pruner=make_pruner(pruner),
-        load_if_exists=True,
-    )
-    if study.direction.name.lower() != user.direction:
-        raise UserError(
-            f"Study {study.study_name!r} in {masked(storage_url)} was created to "
-            f"{study.direction.name.lower()}, but {path} says DIRECTION = {user.direction!r}: "
-            "choose another --study name."
-        )
-    study.set_user_attr(
-        _views.SETTINGS_ATTR, {"file": str(path), "space": user.space, "seed": seed}
-    )
-    trials = study.get_trials(deepcopy=False)
-    done = sum(counts_toward_target(t) for t in trials)
-    err_console.print(
-        f"Study [bold]{study.study_name}[/] in {masked(storage_url)}: {done} of {n_trials} "
-        f"trials done ({user.direction}). Model {path} on {torch_device}; "
-        f"{len(sampler.space):,} functions"
-        + (", Fisher features of the model" if user.fisher_batch else "")
-        + "."
-    )
-    if done >= n_trials:
-        err_console.print(f"Nothing to do: raise --n-trials above {done} to continue.")
+    torch_device = resolve_device(device)
+    if worker is None:
+        done = describe(study, user, n_trials, storage_url, str(torch_device))
     else:
-        _run_again(study, trials)
-        _prepare_map(study, sampler, fisher=user.fisher_batch is not None)
-        _search(study, user, torch_device, seed, n_trials, done, timeout)
-    rows = _views.top(study, TOP_ROWS, sampler.space)
-    if rows:
-        _views.print_top(console, rows, f"Best functions of {study.study_name}")
-        err_console.print(
-            f"Plots: aquasurf plot {path}    PyTorch module: aquasurf export --study "
-            f"{study.study_name}"
-        )
+        done = sum(counts_toward_target(t) for t in study.get_trials(deepcopy=False))
+    if done < n_trials:
+        _run_again(study, study.get_trials(deepcopy=False))
+        _prepare_map(study, fisher=user.fisher_batch is not None)
+        progress = SearchProgress(err_console, n_trials, done, worker)
+        _search(study, user, torch_device, seed, n_trials, timeout, progress, storage_url)
+    if worker is None:
+        print_top(study, path)
 
 
 def _run_again(study: optuna.Study, trials: list[FrozenTrial]) -> None:
     """Queue once each interrupted trial and each trial failed by an error in the user's code."""
     queued = pending_reruns(trials)
     for trial in queued:
-        kept = {
-            key: trial.user_attrs[key] for key in ("activation", "seed") if key in trial.user_attrs
-        }
-        study.enqueue_trial(trial.params, user_attrs={**kept, "rerun_of": trial.number})
+        _enqueue_rerun(study, trial)
     if queued:
         numbers = ", ".join(str(t.number) for t in queued)
         err_console.print(f"Running again the interrupted or failed trials {numbers}.")
 
 
-def _prepare_map(study: optuna.Study, sampler: AquaSurfSampler, fisher: bool) -> None:
-    """Compute (or load) the map of the space before the trials, with its own status line."""
+def _enqueue_rerun(study: optuna.Study, trial: FrozenTrial) -> None:
+    kept = {key: trial.user_attrs[key] for key in ("activation", "seed") if key in trial.user_attrs}
+    study.enqueue_trial(trial.params, user_attrs={**kept, "rerun_of": trial.number})
+
+
+def _prepare_map(study: optuna.Study, fisher: bool) -> None:
+    """Compute (or load) the map of the space before the trials, with its own status line.
+
+    Workers of one study share the work: see :meth:`AquaSurfSampler.embedding`.
+    """
     started = time.perf_counter()
     what = "Fisher features of your model, then UMAP" if fisher else "UMAP"
-    status = f"Map of the {len(sampler.space):,} functions ({what}; computed once, then stored)..."
+    space = study.sampler.space
+    status = f"Map of the {len(space):,} functions ({what}; computed once, then stored)..."
     with err_console.status(status), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # UMAP's and scikit-learn's notes on the layout
         try:
-            sampler.embedding(study)
+            study.sampler.embedding(study)
         except Exception as error:  # most likely in the model file's build_model or model
             raise UserError(f"Computing the map failed:\n{user_traceback(error)}") from None
     err_console.print(f"Map of the space ready ({time.perf_counter() - started:.1f} s).")
 
 
-def _search(study, user, device, seed, n_trials, done, timeout) -> None:
-    with SearchProgress(err_console, n_trials, done) as progress:
+def _search(study, user, device, seed, n_trials, timeout, progress, storage_url) -> None:
+    """Run trials until the study has ``n_trials`` finished ones, through lost connections."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with progress:
         objective = Objective(user, device, seed, on_start=progress.started)
 
         def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -156,13 +221,25 @@ def _search(study, user, device, seed, n_trials, done, timeout) -> None:
             if finished >= n_trials:
                 study.stop()
 
-        try:
-            with stop_on_interrupt(objective, study):
-                study.optimize(objective, timeout=timeout, callbacks=[after_trial], catch=())
-        except SpaceExhaustedError as error:
-            err_console.print(f"Search finished: {error}")
-        except KeyboardInterrupt:
-            objective.interrupted = True
+        while not objective.interrupted:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                with stop_on_interrupt(objective, study):
+                    study.optimize(objective, timeout=left, callbacks=[after_trial], catch=())
+                break
+            except SpaceExhaustedError as error:
+                err_console.print(f"Search finished: {error}")
+                break
+            except KeyboardInterrupt:
+                objective.interrupted = True
+            except Exception as error:
+                lost = lost_connection(error)
+                if lost is None:
+                    raise
+                _reconnect(study, objective.trial_id, lost, storage_url)
+                finished = sum(counts_toward_target(t) for t in study.get_trials(deepcopy=False))
+                if finished >= n_trials:
+                    break
     if objective.interrupted:
         number = objective.interrupted_trial
         message = "[yellow]Interrupted.[/]"
@@ -170,3 +247,47 @@ def _search(study, user, device, seed, n_trials, done, timeout) -> None:
             message += f" Trial {number} is marked failed ('interrupted') and runs again on resume."
         err_console.print(f"{message} Finished trials are kept: run the same command to resume.")
         raise KeyboardInterrupt
+
+
+def _reconnect(study: optuna.Study, trial_id: int | None, error: DBAPIError, url: str) -> None:
+    """Wait for the database to answer again (``RECONNECT_DELAYS``), then queue the trial that
+    the lost connection ``error`` interrupted to run again.
+
+    Raises
+    ------
+    UserError
+        When the database does not answer after the last delay.
+    """
+    for delay in RECONNECT_DELAYS:
+        problem = str(error.orig or error).strip().splitlines()[0]
+        err_console.print(
+            f"[yellow]Lost the connection to the database[/] ({escape(problem)}); "
+            f"trying again in {delay} s."
+        )
+        time.sleep(delay)
+        try:
+            if trial_id is not None:
+                _fail_lost_trial(study, trial_id)
+            _run_again(study, study.get_trials(deepcopy=False))
+            err_console.print("Connection to the database restored.")
+            return
+        except Exception as again:
+            error = lost_connection(again)
+            if error is None:
+                raise
+    raise UserError(
+        f"Lost the connection to the database {masked(url)} and could not reconnect in "
+        f"{sum(RECONNECT_DELAYS):g} s: {problem}\nFinished trials are kept: run the same "
+        "command to resume when the database is back."
+    )
+
+
+def _fail_lost_trial(study: optuna.Study, trial_id: int) -> None:
+    """Mark the trial that was running when the connection was lost failed, to run again."""
+    storage = study._storage
+    trial = storage.get_trial(trial_id)
+    if trial.state == TrialState.RUNNING:
+        storage.set_trial_user_attr(trial_id, "fail_reason", LOST_CONNECTION)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    elif trial.state == TrialState.FAIL and "fail_reason" not in trial.user_attrs:
+        _enqueue_rerun(study, trial)  # optuna failed it, too late to record the reason

@@ -34,9 +34,13 @@ class SearchProgress:
         Where to draw.
     total, done
         The target number of finished trials and how many the study has already.
+    worker
+        The label of a worker process started by ``--workers`` (such as ``"2/4"``): no bar,
+        its lines start with the label.
     """
 
-    def __init__(self, console: Console, total: int, done: int):
+    def __init__(self, console: Console, total: int, done: int, worker: str | None = None):
+        self._prefix = "" if worker is None else f"[dim]worker {escape(worker)}[/]  "
         self._progress = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
@@ -47,6 +51,7 @@ class SearchProgress:
             TimeRemainingColumn(),
             TextColumn("{task.fields[best]}"),
             console=console,
+            disable=worker is not None,
         )
         self._task = self._progress.add_task("trials", total=total, completed=done, best="")
 
@@ -73,7 +78,7 @@ class SearchProgress:
             result = escape(attrs.get("fail_reason", ""))
         seconds = attrs.get("seconds", 0.0)
         self._progress.console.print(
-            f"trial {trial.number:>4}  {_STATES.get(trial.state, trial.state.name)}  "
+            f"{self._prefix}trial {trial.number:>4}  {_STATES.get(trial.state, trial.state.name)}  "
             f"{escape(attrs.get('activation', '?'))}  {result}  [dim]{seconds:.1f} s[/]"
         )
         shown = ""

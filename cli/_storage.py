@@ -65,7 +65,9 @@ def open_storage(
             f"Invalid storage URL {shown!r}: give a database URL {_EXAMPLES}."
         ) from None
     engine_kwargs = {}
-    if parsed.get_backend_name() == "sqlite":
+    if parsed.get_backend_name() != "sqlite":
+        engine_kwargs["pool_pre_ping"] = True  # replace connections the server has closed
+    else:
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT}
         database = parsed.database
         if must_exist and not (database and database != ":memory:" and Path(database).is_file()):
@@ -92,7 +94,7 @@ def open_storage(
     except ImportError:
         raise UserError(
             f"No Python driver for {parsed.drivername!r} (storage {shown}): "
-            "pip install 'optuna-aquasurf[rdb]' (psycopg2, pymysql)."
+            "pip install 'optuna-aquasurf[rdb]' (psycopg, pymysql)."
         ) from None
     except (sqlalchemy.exc.SQLAlchemyError, RuntimeError) as error:
         problem = str(getattr(error, "orig", None) or error).strip()

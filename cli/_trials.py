@@ -1,9 +1,11 @@
 """What a finished trial's record means for the search: does it count, does it run again.
 
-Trials of ``aquasurf optimize`` record the user attributes ``activation``, ``device``, ``seed``,
-``seconds`` and, when they fail, ``fail_reason``:
+Trials of ``aquasurf optimize`` record the user attributes ``activation``, ``device``,
+``worker`` (host:process), ``seed``, ``seconds`` and, when they fail, ``fail_reason``:
 
 - ``"interrupted"``: Ctrl-C; runs again when the study resumes.
+- ``"lost connection"``: the connection to the database was lost during the trial; runs again
+  once the worker has reconnected.
 - ``"error: <type>: <message>"``: the user's code raised; runs again once when the study resumes
   (after a fix), unless the trial was such a rerun already.
 - ``"diverged: <what>"``: a loss, output or score that is not finite.
@@ -18,6 +20,7 @@ from __future__ import annotations
 from optuna.trial import FrozenTrial, TrialState
 
 INTERRUPTED = "interrupted"
+LOST_CONNECTION = "lost connection"
 
 
 def counts_toward_target(trial: FrozenTrial) -> bool:
@@ -38,7 +41,7 @@ def to_run_again(trial: FrozenTrial) -> bool:
     reason = trial.user_attrs.get("fail_reason", "")
     if trial.state != TrialState.FAIL or "activation" not in trial.user_attrs:
         return False
-    return reason == INTERRUPTED or (
+    return reason in (INTERRUPTED, LOST_CONNECTION) or (
         reason.startswith("error:") and "rerun_of" not in trial.user_attrs
     )
 

@@ -10,20 +10,43 @@ in memory, one store per storage object.
   (study, function): the database accepts only one, which is what makes the choice of the next
   function safe between workers. A claim whose trial failed, or belongs to a deleted study whose
   id was reused, is stale and is taken over.
+- Leases say which worker is computing an entry (a Fisher chunk, an embedding), so that workers
+  split the work instead of repeating it. A lease is also one row with a primary key; its holder
+  renews it every ``LEASE_RENEWAL`` seconds while computing, and a lease not renewed for
+  ``LEASE_TIMEOUT`` seconds (its worker died) is taken over. An entry is saved in one insert, so
+  a worker that dies leaves either the whole entry or nothing.
+
+Every statement of :class:`SQLStore` is retried with backoff when the connection to the database
+is lost (``CONNECTION_RETRIES``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import socket
 import threading
+import time
+import uuid
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+#: Seconds between renewals of a lease by the worker that holds it.
+LEASE_RENEWAL = 10.0
+#: A lease not renewed for this many seconds belongs to a dead worker and is taken over.
+LEASE_TIMEOUT = 60.0
+#: Seconds between looks at an entry that another worker is computing.
+LEASE_POLL = 0.5
+#: Waits (seconds) before each new attempt of a statement whose connection was lost.
+CONNECTION_RETRIES = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 _METADATA = sa.MetaData()
 _BLOB = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
@@ -40,6 +63,14 @@ _FISHER = sa.Table(
     sa.Column("key", sa.String(64), primary_key=True),
     sa.Column("chunk", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("data", _BLOB, nullable=False),
+)
+_LEASES = sa.Table(
+    "aquasurf_leases",
+    _METADATA,
+    sa.Column("entry", sa.String(80), primary_key=True),
+    sa.Column("chunk", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("holder", sa.String(120), nullable=False),
+    sa.Column("renewed_at", sa.Double, nullable=False),
 )
 _CLAIMS = sa.Table(
     "aquasurf_claims",
@@ -62,8 +93,78 @@ def unpack(data: bytes) -> list[np.ndarray]:
         return [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
 
 
+def lost_connection(error: BaseException) -> DBAPIError | None:
+    """The database error behind ``error`` if it is a lost or refused connection, else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, DBAPIError) and (
+            error.connection_invalidated
+            or isinstance(error, sa.exc.OperationalError | sa.exc.InterfaceError)
+        ):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _new_holder() -> str:
+    """A name for one lease, unique among workers and readable: host, process, random."""
+    return f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:16]}"
+
+
 class Store(ABC):
     """Persistent (or in-memory) home of embeddings, Fisher feature chunks and claims."""
+
+    def compute_once(
+        self,
+        table: str,
+        key: str,
+        compute: Callable[[], list[np.ndarray]],
+        chunk: int = 0,
+        wait: bool = True,
+    ) -> list[np.ndarray] | None:
+        """The arrays saved under ``key``, computed here by ``compute()`` if no worker has.
+
+        If another worker is computing them, wait for its result (or take over its lease when
+        it dies); with ``wait=False`` return None instead, so that the caller can compute
+        something else meanwhile. What is returned is always what was saved: the first result
+        saved wins, so every worker uses the same arrays.
+        """
+        entry = f"{table}:{key}"
+        while True:
+            saved = self.load(table, key, chunk)
+            if saved is not None:
+                return saved
+            holder = _new_holder()
+            if self.acquire(entry, chunk, holder):
+                try:
+                    with self._renewing(entry, chunk, holder):
+                        arrays = compute()
+                    self.save(table, key, arrays, chunk)
+                finally:
+                    self.release(entry, chunk, holder)
+            elif not wait:
+                return None
+            else:
+                time.sleep(LEASE_POLL)
+
+    @contextlib.contextmanager
+    def _renewing(self, entry: str, chunk: int, holder: str) -> Iterator[None]:
+        """Renew a lease from a background thread while the body runs."""
+        stop = threading.Event()
+
+        def renew():
+            while not stop.wait(LEASE_RENEWAL):
+                with contextlib.suppress(DBAPIError):  # the next renewal may get through
+                    self.renew(entry, chunk, holder)
+
+        thread = threading.Thread(target=renew, name=f"aquasurf lease {entry}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     @abstractmethod
     def load(self, table: str, key: str, chunk: int = 0) -> list[np.ndarray] | None:
@@ -82,6 +183,19 @@ class Store(ABC):
         A conflicting claim whose trial ``is_stale`` (failed, or not of this study) is replaced.
         """
 
+    @abstractmethod
+    def acquire(self, entry: str, chunk: int, holder: str) -> bool:
+        """Atomically take the lease of ``entry``/``chunk`` for ``holder``: False if another
+        holder has it and renewed it less than ``LEASE_TIMEOUT`` seconds ago."""
+
+    @abstractmethod
+    def renew(self, entry: str, chunk: int, holder: str) -> None:
+        """Record that ``holder`` is still working on its lease."""
+
+    @abstractmethod
+    def release(self, entry: str, chunk: int, holder: str) -> None:
+        """Give the lease up (if ``holder`` still has it)."""
+
 
 class MemoryStore(Store):
     """A store for in-memory and journal storages: thread-safe, gone with the process.
@@ -96,6 +210,7 @@ class MemoryStore(Store):
     def __init__(self):
         self._lock = threading.Lock()
         self._claims: dict[tuple[int, int], int] = {}
+        self._leases: dict[tuple[str, int], str] = {}
 
     def load(self, table, key, chunk=0):
         return self._entries.get((table, key, chunk))
@@ -112,6 +227,18 @@ class MemoryStore(Store):
             self._claims[(study_id, function)] = trial_id
             return True
 
+    def acquire(self, entry, chunk, holder):
+        with self._lock:
+            return self._leases.setdefault((entry, chunk), holder) == holder
+
+    def renew(self, entry, chunk, holder):
+        pass  # threads of one process don't die alone: a lease in memory never goes stale
+
+    def release(self, entry, chunk, holder):
+        with self._lock:
+            if self._leases.get((entry, chunk)) == holder:
+                del self._leases[(entry, chunk)]
+
 
 class SQLStore(Store):
     """A store in the project's own tables of an Optuna RDB storage's database."""
@@ -120,50 +247,109 @@ class SQLStore(Store):
 
     def __init__(self, engine: sa.Engine):
         self._engine = engine
-        _METADATA.create_all(engine, checkfirst=True)
+        self._create_tables()
+
+    def _create_tables(self) -> None:
+        """Create the tables that are missing; workers starting together may race to it."""
+        for attempt in range(3):
+            try:
+                self._transaction(lambda connection: _METADATA.create_all(connection))
+                return
+            except DBAPIError:  # another worker created a table between check and create
+                if attempt == 2:
+                    raise
+
+    def _transaction(self, work: Callable[[sa.Connection], Any]) -> Any:
+        """``work(connection)`` in one transaction, run again after a lost connection."""
+        for delay in (*CONNECTION_RETRIES, None):
+            try:
+                with self._engine.begin() as connection:
+                    return work(connection)
+            except DBAPIError as error:
+                if delay is None or lost_connection(error) is None:
+                    raise
+                time.sleep(delay)
+
+    def _insert(self, table: sa.Table, row: dict) -> bool:
+        """Insert ``row``; False if a row with its primary key exists."""
+        try:
+            self._transaction(lambda connection: connection.execute(sa.insert(table), row))
+            return True
+        except IntegrityError:
+            return False
 
     def load(self, table, key, chunk=0):
         columns = self._TABLES[table].c
         query = sa.select(columns.data).where(columns.key == key)
         if table == "fisher":
             query = query.where(columns.chunk == chunk)
-        with self._engine.connect() as connection:
-            data = connection.execute(query).scalar()
+        data = self._transaction(lambda connection: connection.execute(query).scalar())
         return None if data is None else unpack(data)
 
     def save(self, table, key, arrays, chunk=0):
         row = {"key": key, "data": pack(*arrays)}
         if table == "fisher":
             row["chunk"] = chunk
-        try:
-            with self._engine.begin() as connection:
-                connection.execute(sa.insert(self._TABLES[table]).values(**row))
-        except IntegrityError:
-            pass  # another worker saved the same content first
+        self._insert(self._TABLES[table], row)  # False: another worker saved the same content
 
     def claim(self, study_id, function, trial_id, is_stale):
         row = {"study_id": study_id, "function": function, "trial_id": trial_id}
-        try:
-            with self._engine.begin() as connection:
-                connection.execute(sa.insert(_CLAIMS).values(**row))
+        if self._insert(_CLAIMS, row):
             return True
-        except IntegrityError:
-            pass
         where = (_CLAIMS.c.study_id == study_id) & (_CLAIMS.c.function == function)
-        with self._engine.connect() as connection:
-            holder = connection.execute(sa.select(_CLAIMS.c.trial_id).where(where)).scalar()
+        query = sa.select(_CLAIMS.c.trial_id).where(where)
+        holder = self._transaction(lambda connection: connection.execute(query).scalar())
         if holder == trial_id:
             return True
         if holder is not None and not is_stale(holder):
             return False
         # A stale claim: take it over, unless another worker did in the meantime.
-        with self._engine.begin() as connection:
-            taken = connection.execute(
-                sa.update(_CLAIMS)
-                .where(where & (_CLAIMS.c.trial_id == holder))
-                .values(trial_id=trial_id)
-            )
-        return taken.rowcount == 1
+        update = (
+            sa.update(_CLAIMS)
+            .where(where & (_CLAIMS.c.trial_id == holder))
+            .values(trial_id=trial_id)
+        )
+        return self._transaction(lambda connection: connection.execute(update).rowcount) == 1
+
+    def acquire(self, entry, chunk, holder):
+        now = time.time()
+        if self._insert(
+            _LEASES, {"entry": entry, "chunk": chunk, "holder": holder, "renewed_at": now}
+        ):
+            return True
+        where = (_LEASES.c.entry == entry) & (_LEASES.c.chunk == chunk)
+        query = sa.select(_LEASES.c.holder, _LEASES.c.renewed_at).where(where)
+        current = self._transaction(lambda connection: connection.execute(query).first())
+        if current is None:
+            return False  # released meanwhile: the caller looks for the saved entry again
+        if current.holder == holder:
+            return True
+        if now - current.renewed_at < LEASE_TIMEOUT:
+            return False
+        # The holder died: take the lease over, unless another worker did in the meantime.
+        update = (
+            sa.update(_LEASES)
+            .where(where & (_LEASES.c.holder == current.holder))
+            .values(holder=holder, renewed_at=now)
+        )
+        return self._transaction(lambda connection: connection.execute(update).rowcount) == 1
+
+    def renew(self, entry, chunk, holder):
+        update = (
+            sa.update(_LEASES)
+            .where((_LEASES.c.entry == entry) & (_LEASES.c.chunk == chunk))
+            .where(_LEASES.c.holder == holder)
+            .values(renewed_at=time.time())
+        )
+        self._transaction(lambda connection: connection.execute(update))
+
+    def release(self, entry, chunk, holder):
+        delete = (
+            sa.delete(_LEASES)
+            .where((_LEASES.c.entry == entry) & (_LEASES.c.chunk == chunk))
+            .where(_LEASES.c.holder == holder)
+        )
+        self._transaction(lambda connection: connection.execute(delete))
 
 
 _STORES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -1,0 +1,126 @@
+"""``aquasurf optimize --workers N``: several worker processes on one study, on this machine.
+
+Each worker is an ``aquasurf optimize`` process of its own. They share the study through its
+database: the sampler's claims keep them on different functions, and they split the Fisher
+features of the map between them. The storage URL reaches them in the environment variable
+``AQUASURF_STORAGE``, so that its password never shows in the process list.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from optuna_aquasurf.cli._console import UserError, err_console
+from optuna_aquasurf.cli._optimize import describe, open_study, print_top
+
+#: The environment variable that gives every command its ``--storage``.
+STORAGE_VARIABLE = "AQUASURF_STORAGE"
+
+
+def worker_devices(n: int, device: str) -> list[tuple[str, dict[str, str]]]:
+    """The ``--device`` and extra environment of each of ``n`` workers.
+
+    With ``auto`` or ``cuda`` and CUDA available, each worker sees one GPU
+    (``CUDA_VISIBLE_DEVICES``), taken in turn from the visible ones; with ``cpu`` (or ``auto``
+    without CUDA), the workers split the CPU cores between their torch threads. A device such
+    as ``cuda:1`` is shared by all workers.
+    """
+    import torch
+
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible:
+            gpus = [gpu.strip() for gpu in visible.split(",") if gpu.strip()]
+        else:
+            gpus = [str(index) for index in range(torch.cuda.device_count())]
+        return [("cuda", {"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]}) for i in range(n)]
+    if device in ("auto", "cpu"):
+        threads = str(max(1, (os.cpu_count() or 1) // n))
+        return [("cpu", {"OMP_NUM_THREADS": threads})] * n
+    return [(device, {})] * n
+
+
+def optimize_with_workers(
+    path: Path,
+    workers: int,
+    *,
+    n_trials: int,
+    timeout: float | None,
+    device: str,
+    storage_url: str,
+    study_name: str | None,
+    seed: int,
+    pruner: str,
+    heartbeat_interval: int,
+    grace_period: int | None,
+    max_retry: int,
+) -> None:
+    """Create (or load) the study, run ``workers`` worker processes on it, show the best.
+
+    The study is created here first: Optuna's tables, created by several processes starting at
+    once on an empty database, would race.
+
+    Raises
+    ------
+    UserError
+        For problems with the file, the storage or the study, and when a worker fails.
+    KeyboardInterrupt
+        After Ctrl-C, once every worker has stopped.
+    """
+    settings = dict(storage_url=storage_url, study_name=study_name, seed=seed, pruner=pruner)
+    retries = dict(heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    user, study = open_study(path, device=device, max_retry=max_retry, **settings, **retries)
+    devices = worker_devices(workers, device)
+    where = ", ".join(sorted({d + env.get("CUDA_VISIBLE_DEVICES", "") for d, env in devices}))
+    done = describe(study, user, n_trials, storage_url, f"{workers} workers ({where})")
+    if done < n_trials:
+        options = {
+            "--n-trials": n_trials,
+            "--study": study.study_name,
+            "--seed": seed,
+            "--pruner": pruner,
+            "--heartbeat-interval": heartbeat_interval,
+            "--grace-period": grace_period,
+            "--max-retry": max_retry,
+            "--timeout": timeout,
+        }
+        command = [sys.executable, "-m", "optuna_aquasurf", "optimize", str(path)]
+        for name, value in options.items():
+            if value is not None:
+                command += [name, str(value)]
+        processes = [
+            subprocess.Popen(
+                [*command, "--device", worker_device, "--worker", f"{i + 1}/{workers}"],
+                env={**os.environ, **env, STORAGE_VARIABLE: storage_url},
+            )
+            for i, (worker_device, env) in enumerate(devices)
+        ]
+        codes, interrupted = _wait(processes)
+        if interrupted or 130 in codes:
+            err_console.print("Workers stopped: run the same command to resume.")
+            raise KeyboardInterrupt
+        failed = [f"{i + 1} (exit code {code})" for i, code in enumerate(codes) if code != 0]
+        if failed:
+            raise UserError(f"Workers {', '.join(failed)} stopped with an error: see above.")
+    print_top(study, path)
+
+
+def _wait(processes: list[subprocess.Popen]) -> tuple[list[int], bool]:
+    """The exit codes of all processes, and whether Ctrl-C came meanwhile.
+
+    Ctrl-C reaches the workers too (one process group): each fails its running trial and
+    stops, and this process waits for them all.
+    """
+    interrupted = False
+    codes = []
+    for process in processes:
+        while True:
+            try:
+                codes.append(process.wait())
+                break
+            except KeyboardInterrupt:
+                interrupted = True
+    return codes, interrupted

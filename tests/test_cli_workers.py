@@ -1,0 +1,223 @@
+"""``aquasurf optimize`` with several workers and through lost connections, on PostgreSQL and
+MariaDB (a new database per test).
+
+The model file trains nothing (its score is a fixed function of the expression); its map is
+computed once here and copied into each test's database, as a first worker would have stored it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy as sa
+import torch
+from optuna.trial import TrialState
+
+from optuna_aquasurf._store import SQLStore, lost_connection, unpack
+from optuna_aquasurf.cli import _optimize
+from optuna_aquasurf.cli._console import UserError
+from optuna_aquasurf.cli._optimize import build_sampler
+from optuna_aquasurf.cli._storage import open_storage
+from optuna_aquasurf.cli._userfile import load_user_file
+
+FAST = textwrap.dedent(
+    """
+    import hashlib, time
+    from torch import nn
+
+    SPACE = ["mul(x,unary(x))"]
+
+    def build_model(activation):
+        return nn.Sequential(nn.Linear(2, 2), activation)
+
+    def train(model, trial, device):
+        time.sleep(0.3)
+        expression = trial.user_attrs["activation"]
+        return int(hashlib.sha256(expression.encode()).hexdigest()[:8], 16) / 2**32
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> tuple[Path, list]:
+    """fast.py, and the stored rows of its map (computed once: UMAP takes a while)."""
+    folder = tmp_path_factory.mktemp("fast")
+    path = folder / "fast.py"
+    path.write_text(FAST)
+    url = f"sqlite:///{folder / 'maps.db'}"
+    sampler = build_sampler(load_user_file(path), 0, torch.device("cpu"))
+    sampler.embedding(optuna.create_study(storage=url))
+    with sa.create_engine(url).connect() as connection:
+        rows = list(connection.execute(sa.text("select key, data from aquasurf_embeddings")))
+    return path, rows
+
+
+@pytest.fixture
+def url(database_url, model_file) -> str:
+    """A new database with the map of fast.py."""
+    store = SQLStore(sa.create_engine(database_url))
+    for key, data in model_file[1]:
+        store.save("embeddings", key, unpack(data))
+    return database_url
+
+
+def aquasurf(*args: str, url: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "optuna_aquasurf", *args],
+        cwd=cwd,
+        env={**os.environ, "AQUASURF_STORAGE": url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finished(url: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name="fast", storage=url).get_trials()
+
+
+def completed(url: str) -> int:
+    """The number of completed trials of the study (0 before it exists)."""
+    try:
+        return sum(t.state == TrialState.COMPLETE for t in finished(url))
+    except KeyError:
+        return 0
+
+
+def check_intact(trials: list[optuna.trial.FrozenTrial], n_complete: int) -> None:
+    """Every trial finished; failures are lost connections, each run again; no repeats."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) >= n_complete
+    assert len({t.user_attrs["activation"] for t in complete}) == len(complete)
+    rerun = {t.user_attrs.get("rerun_of") for t in trials} | {
+        t.system_attrs.get("failed_trial") for t in trials
+    }
+    for trial in trials:
+        assert trial.state in (TrialState.COMPLETE, TrialState.FAIL), trial
+        if trial.state == TrialState.FAIL:
+            assert trial.number in rerun, trial
+
+
+def test_workers_option_runs_processes_on_one_study(url, model_file):
+    path, _ = model_file
+    process = aquasurf(
+        "optimize", path.name, "--workers", "2", "--n-trials", "12", url=url, cwd=path.parent
+    )
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    assert "worker 1/2" in stderr and "worker 2/2" in stderr
+    trials = finished(url)
+    check_intact(trials, 12)
+    assert len({t.user_attrs["worker"] for t in trials}) == 2
+
+
+@contextlib.contextmanager
+def tables_locked(admin: sa.Connection, dialect: str):
+    """Hold a write lock on Optuna's trials table: the workers' next statements wait."""
+    if dialect == "postgresql":
+        admin.execute(sa.text("BEGIN"))
+        admin.execute(sa.text("LOCK TABLE trials IN ACCESS EXCLUSIVE MODE"))
+        yield
+        admin.execute(sa.text("COMMIT"))
+    else:
+        admin.execute(sa.text("LOCK TABLES trials WRITE"))
+        yield
+        admin.execute(sa.text("UNLOCK TABLES"))
+
+
+def kill_other_sessions(admin: sa.Connection, dialect: str, database: str) -> int:
+    """End every other connection to ``database`` on the server; how many there were."""
+    if dialect == "postgresql":
+        query = (
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = :db AND pid <> pg_backend_pid()"
+        )
+        return len(admin.execute(sa.text(query), {"db": database}).all())
+    query = "SELECT id FROM information_schema.processlist WHERE db = :db AND id <> CONNECTION_ID()"
+    ids = admin.execute(sa.text(query), {"db": database}).scalars().all()
+    for session in ids:
+        admin.execute(sa.text(f"KILL {int(session)}"))
+    return len(ids)
+
+
+def test_a_dropped_connection_is_survived_and_the_trial_runs_again(url, model_file):
+    path, _ = model_file
+    process = aquasurf("optimize", path.name, "--n-trials", "10", url=url, cwd=path.parent)
+    deadline = time.monotonic() + 180
+    while completed(url) < 3:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    dialect = engine.dialect.name
+    database = engine.url.database
+    with engine.connect() as admin:
+        with tables_locked(admin, dialect):
+            time.sleep(1.0)  # the worker's next statement on trials now waits for the lock
+            assert kill_other_sessions(admin, dialect, database) > 0
+    engine.dispose()
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    assert "Lost the connection to the database" in stderr
+    assert "Connection to the database restored" in stderr
+    check_intact(finished(url), 10)
+
+
+@contextlib.contextmanager
+def locked_out(url: str):
+    """A URL of the database at ``url``, and a function that ends its connections and makes
+    the server refuse new ones (PostgreSQL: connections disallowed; MariaDB: a user of this
+    test only, whose account is locked)."""
+    database = sa.make_url(url).database
+    dialect = "postgresql" if url.startswith("postgresql") else "mysql"
+    server = sa.make_url(url).set(database="postgres" if dialect == "postgresql" else "")
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+
+    def run(statement: str) -> None:
+        with admin.connect() as connection:
+            connection.execute(sa.text(statement))
+
+    def lock_out(statement: str) -> None:
+        run(statement)
+        with admin.connect() as connection:
+            kill_other_sessions(connection, dialect, database)
+
+    if dialect == "postgresql":
+        yield url, lambda: lock_out(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
+        run(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
+    else:
+        user = f"{database}@'%'"
+        run(f"CREATE USER {user} IDENTIFIED BY 'secret-pw'")
+        run(f"GRANT ALL ON {database}.* TO {user}")
+        user_url = sa.make_url(url).set(username=database, password="secret-pw")
+        try:
+            yield (
+                user_url.render_as_string(hide_password=False),
+                lambda: lock_out(f"ALTER USER {user} ACCOUNT LOCK"),
+            )
+        finally:
+            run(f"DROP USER {user}")
+    admin.dispose()
+
+
+def test_a_database_that_stays_away_stops_the_worker_with_a_clear_message(
+    database_url, monkeypatch
+):
+    monkeypatch.setattr(_optimize, "RECONNECT_DELAYS", (0.1, 0.2))
+    with locked_out(database_url) as (url, lock_out):
+        study = optuna.create_study(storage=open_storage(url))
+        lock_out()
+        with pytest.raises(Exception) as lost:
+            study.get_trials()
+        with pytest.raises(UserError, match="could not reconnect in 0.3 s") as raised:
+            _optimize._reconnect(study, None, lost_connection(lost.value), url)
+    message = str(raised.value)
+    assert "run the same command to resume" in message and "secret-pw" not in message
