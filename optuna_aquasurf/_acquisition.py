@@ -8,6 +8,9 @@ from sklearn.neighbors import KNeighborsRegressor
 
 #: The acquisition rules a sampler accepts.
 ACQUISITIONS = ("explore", "greedy")
+#: New sites that `Neighbours` adds one by one (each costs about 1% of a kd-tree query of every
+#: point); more are cheaper as one query.
+_ADD_AT_MOST = 64
 
 
 def default_regressor(n_neighbors: int = 3) -> RegressorMixin:
@@ -15,16 +18,116 @@ def default_regressor(n_neighbors: int = 3) -> RegressorMixin:
     return KNeighborsRegressor(n_neighbors=n_neighbors)
 
 
-def farthest_first(coords: np.ndarray, tried: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Candidates ordered by their distance to the nearest tried point, farthest first."""
-    distance = _distance_to_nearest(coords, tried, candidates)
-    return candidates[np.argsort(-distance, kind="stable")]
+class Neighbours:
+    """For every point of a map, its ``k`` nearest sites, kept up to date as sites come.
+
+    Between two suggestions the tried (or scored) functions mostly grow by a trial or two, and
+    a kd-tree query of every point of a large space costs hundreds of milliseconds. Here a new
+    site is measured against every point, and only the points it comes closer to are re-sorted.
+    A first call, another map, another ``k``, a site gone (a deleted trial, another study) or
+    many new sites rebuild the table with one kd-tree query. Distances are those of the kd-tree,
+    to the bit; of two sites at exactly the same distance, the one found first is kept.
+    """
+
+    def __init__(self) -> None:
+        self._coords: np.ndarray | None = None
+        self._columns = np.empty((2, 0))  # the map's coordinates, one row per dimension
+        self._sites = np.empty(0, dtype=np.int64)
+        self._squared = np.empty((0, 0))
+        self._index = np.empty((0, 0), dtype=np.int64)
+
+    def nearest(
+        self, coords: np.ndarray, sites: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` sites nearest to every point of ``coords``, nearest first.
+
+        Parameters
+        ----------
+        coords
+            The map, one row per point; pass the same array object to reuse the table.
+        sites
+            Sorted, unique positions of the sites in ``coords``.
+        k
+            Neighbours per point.
+
+        Returns
+        -------
+        squared, index
+            Squared distances and positions of the sites, ``(len(coords), k)`` each (``inf`` and
+            -1 past the last site); the table itself, to read only.
+        """
+        removed = np.setdiff1d(self._sites, sites, assume_unique=True)
+        new = np.setdiff1d(sites, self._sites, assume_unique=True)
+        fresh = coords is not self._coords or k != self._index.shape[1] or len(removed) > 0
+        if fresh:
+            self._coords = coords
+            self._columns = np.asarray(coords, dtype=np.float64).T.copy()
+            self._squared = np.full((len(coords), k), np.inf)
+            self._index = np.full((len(coords), k), -1, dtype=np.int64)
+        if len(sites) > 0 and (fresh or len(new) > _ADD_AT_MOST):
+            self._query_tree(sites)
+        else:
+            for site in new:
+                self._add(site)
+        self._sites = sites
+        return self._squared, self._index
+
+    def _add(self, site: int) -> None:
+        squared = _squared_distance(self._columns, self._columns[:, site])
+        closer = np.flatnonzero(squared < self._squared[:, -1])
+        candidates = np.column_stack([self._squared[closer], squared[closer]])
+        index = np.column_stack([self._index[closer], np.full(len(closer), site)])
+        order = np.argsort(candidates, axis=1, kind="stable")[:, :-1]
+        self._squared[closer] = np.take_along_axis(candidates, order, axis=1)
+        self._index[closer] = np.take_along_axis(index, order, axis=1)
+
+    def _query_tree(self, sites: np.ndarray) -> None:
+        from scipy.spatial import cKDTree
+
+        k = self._index.shape[1]
+        points = self._columns.T
+        _, found = cKDTree(points[sites]).query(points, k=list(range(1, k + 1)))
+        self._index = np.append(sites, -1)[found]  # the tree numbers missing neighbours len(sites)
+        squared = _squared_distance(self._columns[:, :, None], self._columns[:, self._index])
+        self._squared = np.where(self._index >= 0, squared, np.inf)
+
+
+def distance_to_nearest(neighbours: Neighbours, coords: np.ndarray, sites: np.ndarray):
+    """Distance of every point of ``coords`` to the nearest site (zero when there is none)."""
+    if len(sites) == 0:
+        return np.zeros(len(coords))
+    squared, _ = neighbours.nearest(coords, sites, k=1)
+    return np.sqrt(squared[:, 0])
+
+
+def farthest_first(distance: np.ndarray, candidates: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` candidates farthest from the nearest tried point (``distance``, one value per
+    point of the map), farthest first."""
+    return _best(distance[candidates], candidates, n)
 
 
 def predict(
-    regressor: RegressorMixin, coords: np.ndarray, observed: np.ndarray, scores: np.ndarray
+    regressor: RegressorMixin,
+    coords: np.ndarray,
+    observed: np.ndarray,
+    scores: np.ndarray,
+    neighbours: Neighbours | None = None,
 ) -> np.ndarray:
-    """Fit a copy of ``regressor`` on the observed points and predict a score for every point."""
+    """Fit a copy of ``regressor`` on the observed points and predict a score for every point.
+
+    With a ``neighbours`` table, a plain k-nearest-neighbour regressor (uniform weights,
+    euclidean; the default) predicts from that table rather than from a kd-tree query of every
+    point: the same predictions, each newly observed point costing one pass over the map.
+    """
+    if neighbours is not None and _is_euclidean_knn(regressor):
+        _, index = neighbours.nearest(coords, observed, regressor.n_neighbors)
+        score = np.zeros(len(coords))
+        score[observed] = scores
+        nearest_first = index[:, : len(observed)].T  # fewer neighbours while fewer scores
+        total = np.zeros(len(coords))
+        for neighbour in nearest_first:  # summed in scikit-learn's order, for the same bits
+            total += score[neighbour]
+        return total / len(nearest_first)
     model = clone(regressor)
     if isinstance(model, KNeighborsRegressor):
         model.set_params(n_neighbors=min(model.n_neighbors, len(observed)))
@@ -34,31 +137,55 @@ def predict(
 
 def rank(
     acquisition: str,
-    coords: np.ndarray,
     predicted: np.ndarray,
-    tried: np.ndarray,
+    distance: np.ndarray,
     candidates: np.ndarray,
     exploration: float,
+    n: int,
 ) -> np.ndarray:
-    """Candidates ordered best first, scores being "higher is better".
+    """The ``n`` best candidates, best first, scores being "higher is better".
 
     ``"greedy"`` (the reference rule) orders by predicted score alone. ``"explore"`` adds
-    ``exploration`` times the distance to the nearest tried point, both terms scaled to [0, 1]
-    over the candidates, so that regions far from everything tried keep a chance.
+    ``exploration`` times the distance to the nearest tried point (``distance``, one value per
+    point of the map), both terms scaled to [0, 1] over the candidates, so that regions far from
+    everything tried keep a chance.
     """
     value = predicted[candidates]
     if acquisition == "explore":
-        value = _unit(value) + exploration * _unit(_distance_to_nearest(coords, tried, candidates))
-    return candidates[np.argsort(-value, kind="stable")]
+        value = _unit(value) + exploration * _unit(distance[candidates])
+    return _best(value, candidates, n)
 
 
-def _distance_to_nearest(coords: np.ndarray, tried: np.ndarray, candidates: np.ndarray):
-    if len(tried) == 0:
-        return np.zeros(len(candidates))
-    from scipy.spatial import cKDTree
+def _is_euclidean_knn(regressor: RegressorMixin) -> bool:
+    return (
+        type(regressor) is KNeighborsRegressor
+        and regressor.weights == "uniform"
+        and regressor.metric_params is None
+        and (
+            regressor.metric == "euclidean"
+            or (regressor.metric == "minkowski" and regressor.p == 2)
+        )
+    )
 
-    distance, _ = cKDTree(coords[tried]).query(coords[candidates], k=1)
-    return distance
+
+def _best(values: np.ndarray, candidates: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` candidates of highest value, highest first; as the first ``n`` of a stable sort
+    (ties in candidate order, NaN last) without sorting them all."""
+    key = -values
+    if len(key) > n:
+        nth = np.partition(key, n - 1)[n - 1]
+        kept = np.flatnonzero(~(key > nth))  # the n smallest keys and all ties (NaN kept)
+        return candidates[kept[np.argsort(key[kept], kind="stable")[:n]]]
+    return candidates[np.argsort(key, kind="stable")]
+
+
+def _squared_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared euclidean distances between points ``a`` and ``b`` given dimension by dimension
+    (first axis) and broadcast, summed over the dimensions in order as the kd-tree sums them."""
+    total = 0.0
+    for a_dimension, b_dimension in zip(a, b):
+        total = total + np.square(a_dimension - b_dimension)
+    return total
 
 
 def _unit(values: np.ndarray) -> np.ndarray:

@@ -153,6 +153,8 @@ class AquaSurfSampler(BaseSampler):
         self._maps: dict[str, np.ndarray] = {}
         self._outputs: np.ndarray | None = None
         self._locations: dict[str, tuple[int, bool]] = {}
+        # Nearest tried and nearest scored functions of every function, kept between suggestions.
+        self._neighbours = {"tried": _acquisition.Neighbours(), "scored": _acquisition.Neighbours()}
 
     @property
     def space(self) -> SearchSpace:
@@ -217,12 +219,16 @@ class AquaSurfSampler(BaseSampler):
 
     def predict(self, study: optuna.Study, name: str = "activation") -> np.ndarray | None:
         """The surrogate's predicted score of every function (None before any score exists)."""
-        coords = self._map(study)
-        functions, scores = self._observations(study, name, exclude=None)
-        if len(scores) == 0:
-            return None
-        sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
-        return sign * _acquisition.predict(self._regressor, coords, functions, sign * scores)
+        with self._lock:
+            coords = self._map(study)
+            functions, scores = self._observations(study, name, exclude=None)
+            if len(scores) == 0:
+                return None
+            sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
+            predicted = _acquisition.predict(
+                self._regressor, coords, functions, sign * scores, self._neighbours["scored"]
+            )
+            return sign * predicted
 
     def _choose(self, study: optuna.Study, trial: optuna.Trial, name: str) -> str:
         with self._lock:
@@ -259,16 +265,17 @@ class AquaSurfSampler(BaseSampler):
         functions, scores = self._observations(study, name, exclude=trial._trial_id)
         picks_after_baselines = len(set(tried.tolist()) - set(baselines))
         design = self._acquisition == "explore" and picks_after_baselines < self._n_design
+        distance = _acquisition.distance_to_nearest(self._neighbours["tried"], coords, tried)
         if design or len(scores) == 0:
-            order = _acquisition.farthest_first(coords, tried, candidates)
-        else:
-            if study.direction == StudyDirection.MINIMIZE:
-                scores = -scores
-            predicted = _acquisition.predict(self._regressor, coords, functions, scores)
-            order = _acquisition.rank(
-                self._acquisition, coords, predicted, tried, candidates, self._exploration
-            )
-        return order[:_CLAIM_ATTEMPTS]
+            return _acquisition.farthest_first(distance, candidates, _CLAIM_ATTEMPTS)
+        if study.direction == StudyDirection.MINIMIZE:
+            scores = -scores
+        predicted = _acquisition.predict(
+            self._regressor, coords, functions, scores, self._neighbours["scored"]
+        )
+        return _acquisition.rank(
+            self._acquisition, predicted, distance, candidates, self._exploration, _CLAIM_ATTEMPTS
+        )
 
     def _trials(self, study: optuna.Study, name: str, exclude: int | None):
         for t in study.get_trials(deepcopy=False):
@@ -300,7 +307,11 @@ class AquaSurfSampler(BaseSampler):
             for function in failed:
                 values.setdefault(function, [worst])  # a retry that completed overrides
         functions = np.array(sorted(values), dtype=np.int64)
-        scores = np.array([np.mean(values[f]) for f in functions], dtype=np.float64)
+        # Most functions have one trial, whose value is its mean: np.mean is slow for a few values.
+        scores = np.array(
+            [values[f][0] if len(values[f]) == 1 else np.mean(values[f]) for f in functions],
+            dtype=np.float64,
+        )
         return functions, scores
 
     def locate(self, expression: str) -> tuple[int, bool]:

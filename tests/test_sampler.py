@@ -8,7 +8,7 @@ import sqlalchemy as sa
 import torch
 from optuna.testing.pytest_samplers import BasicSamplerTestCase, MultiObjectiveSamplerTestCase
 
-from optuna_aquasurf import AquaSurfSampler, SearchSpace, suggest_activation
+from optuna_aquasurf import AquaSurfSampler, SearchSpace, _acquisition, suggest_activation
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -295,3 +295,81 @@ def test_fisher_features_join_the_map_and_are_stored_in_chunks(space, tmp_path):
     assert chunks == -(-len(space) // 64)
     fisher_only = AquaSurfSampler(space, probe, seed=0, use_outputs=False)
     assert fisher_only.embedding().shape == (len(space), 2)
+
+
+def brute_force_ranking(coords, tried, observed, score_of, candidates, acquisition, k=3):
+    """The ranking as plain numpy computes it: every distance, full stable sorts."""
+    points = coords.astype(np.float64)
+
+    def distances(sites):
+        return np.sqrt(((points[:, None, :] - points[None, sites, :]) ** 2).sum(axis=-1))
+
+    def unit(values):
+        span = values.max() - values.min()
+        return (values - values.min()) / span if span > 0 else np.zeros_like(values)
+
+    neighbours = np.argsort(distances(observed), axis=1, kind="stable")[:, :k]
+    predicted = score_of[observed[neighbours]].mean(axis=1)
+    nearest_tried = distances(tried).min(axis=1)
+    value = predicted[candidates]
+    if acquisition == "explore":
+        value = unit(value) + 0.5 * unit(nearest_tried[candidates])
+    farthest = candidates[np.argsort(-nearest_tried[candidates], kind="stable")]
+    return candidates[np.argsort(-value, kind="stable")], farthest, predicted
+
+
+def test_incremental_neighbours_rank_exactly_as_brute_force():
+    rng = np.random.default_rng(0)
+    n = 2000
+    coords = rng.normal(size=(n, 2)).astype(np.float32)
+    score_of = rng.random(n)
+    order = rng.permutation(n)
+    tables = {"tried": _acquisition.Neighbours(), "scored": _acquisition.Neighbours()}
+    # Sites added one at a time, then more than a kd-tree's worth at once, then some removed.
+    for tried in [
+        order[:1],
+        order[:2],
+        order[:7],
+        order[:8],
+        order[:150],
+        order[:151],
+        order[9:151],
+    ]:
+        tried = np.sort(tried)
+        observed = tried[::2]
+        candidates = np.setdiff1d(np.arange(n), tried)
+        distance = _acquisition.distance_to_nearest(tables["tried"], coords, tried)
+        regressor = _acquisition.default_regressor()
+        fast = _acquisition.predict(
+            regressor, coords, observed, score_of[observed], tables["scored"]
+        )
+        k = min(3, len(observed))
+        expected_order, expected_farthest, expected_predicted = brute_force_ranking(
+            coords, tried, observed, score_of, candidates, "explore", k
+        )
+        assert np.array_equal(fast, expected_predicted)
+        assert np.array_equal(
+            fast, _acquisition.predict(regressor, coords, observed, score_of[observed])
+        )
+        assert np.array_equal(
+            _acquisition.rank("explore", fast, distance, candidates, 0.5, 64), expected_order[:64]
+        )
+        assert np.array_equal(
+            _acquisition.farthest_first(distance, candidates, 64), expected_farthest[:64]
+        )
+        greedy, _, _ = brute_force_ranking(
+            coords, tried, observed, score_of, candidates, "greedy", k
+        )
+        assert np.array_equal(
+            _acquisition.rank("greedy", fast, distance, candidates, 0.5, 64), greedy[:64]
+        )
+
+
+@pytest.mark.parametrize("n", [1, 5, 40, 200])
+def test_best_candidates_are_the_head_of_a_stable_sort(n):
+    rng = np.random.default_rng(n)
+    values = rng.integers(0, 10, size=100).astype(np.float64)  # many ties
+    values[rng.choice(100, size=30, replace=False)] = np.nan
+    candidates = np.arange(100) * 3
+    expected = candidates[np.argsort(-values, kind="stable")][:n]
+    assert np.array_equal(_acquisition._best(values, candidates, n), expected)
