@@ -221,3 +221,24 @@ def test_a_database_that_stays_away_stops_the_worker_with_a_clear_message(
             _optimize._reconnect(study, None, lost_connection(lost.value), url)
     message = str(raised.value)
     assert "run the same command to resume" in message and "secret-pw" not in message
+
+
+def test_each_worker_gets_one_visible_gpu_in_turn_or_a_share_of_the_cores(monkeypatch):
+    from optuna_aquasurf.cli._workers import worker_devices
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert worker_devices(3, "cpu") == [("cpu", {"OMP_NUM_THREADS": "2"})] * 3
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert worker_devices(2, "auto") == [("cpu", {"OMP_NUM_THREADS": "4"})] * 2
+    # The assignment alone (no GPU here): what CUDA_VISIBLE_DEVICES each worker gets.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    visible = [env["CUDA_VISIBLE_DEVICES"] for _, env in worker_devices(3, "auto")]
+    assert visible == ["3", "5", "3"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert [env for _, env in worker_devices(2, "cuda")] == [
+        {"CUDA_VISIBLE_DEVICES": "0"},
+        {"CUDA_VISIBLE_DEVICES": "1"},
+    ]
+    assert worker_devices(2, "cuda:1") == [("cuda:1", {})] * 2
