@@ -290,4 +290,7 @@ def _fail_lost_trial(study: optuna.Study, trial_id: int) -> None:
         storage.set_trial_user_attr(trial_id, "fail_reason", LOST_CONNECTION)
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
     elif trial.state == TrialState.FAIL and "fail_reason" not in trial.user_attrs:
-        _enqueue_rerun(study, trial)  # optuna failed it, too late to record the reason
+        # Failed by optuna (too late to record the reason), or stale and retried elsewhere.
+        trials = study.get_trials(deepcopy=False)
+        if not any(t.system_attrs.get("failed_trial") == trial.number for t in trials):
+            _enqueue_rerun(study, trial)

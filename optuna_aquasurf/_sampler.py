@@ -6,6 +6,7 @@ import hashlib
 import math
 import threading
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -203,13 +204,16 @@ class AquaSurfSampler(BaseSampler):
                 f"{len(study.directions)}. Use a single-objective study."
             )
         chosen = trial.user_attrs.get(name)  # set already, or inherited by a retried trial
-        if chosen is None:
-            fixed = self._fixed_params.get(trial._trial_id, {}).get(name)
-            chosen = canonical(fixed) if fixed is not None else self._choose(study, trial, name)
+        fixed = self._fixed_params.get(trial._trial_id, {}).get(name)
+        if chosen is None and fixed is None:
+            chosen = self._choose(study, trial, name)  # claimed there
+        else:
+            chosen = chosen if chosen is not None else canonical(fixed)
+            function, exact = self.locate(chosen)
+            if exact:
+                self._claim(study, trial, function)  # a retry or an enqueued trial takes it over
+        if trial.user_attrs.get(name) != chosen:
             trial.set_user_attr(name, chosen)
-        function, exact = self.locate(chosen)
-        if exact:
-            self._claim(study, trial, function)  # a retry or an enqueued trial takes it over
         return chosen
 
     def embedding(self, study: optuna.Study | None = None) -> np.ndarray:
@@ -217,11 +221,19 @@ class AquaSurfSampler(BaseSampler):
         ``study`` (or in this process when no study is given)."""
         return self._map(study)
 
+    def fisher_features(self, study: optuna.Study | None = None) -> np.ndarray:
+        """Fisher features of every function of the space (one row each), computed once and
+        stored with ``study``; several workers calling this split the work between them."""
+        if self._probe is None:
+            raise ValueError("this sampler has no probe: give probe=FisherProbe(...)")
+        with self._lock:
+            return self._fisher_features(self._store(study))
+
     def predict(self, study: optuna.Study, name: str = "activation") -> np.ndarray | None:
         """The surrogate's predicted score of every function (None before any score exists)."""
         with self._lock:
             coords = self._map(study)
-            functions, scores = self._observations(study, name, exclude=None)
+            functions, scores = self._observations(study, self._trials(study, name, exclude=None))
             if len(scores) == 0:
                 return None
             sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
@@ -233,14 +245,19 @@ class AquaSurfSampler(BaseSampler):
     def _choose(self, study: optuna.Study, trial: optuna.Trial, name: str) -> str:
         with self._lock:
             space = self.space
-            tried = self._tried(study, name, exclude=trial._trial_id)
+            trials = self._trials(study, name, exclude=trial._trial_id)
+            tried = np.array(sorted({f for _, (f, exact) in trials if exact}), dtype=np.int64)
             available = np.ones(len(space), dtype=bool)
             available[tried] = False
             if not self._include_non_finite:
                 available &= space.finite
-            for function in self._ranking(study, trial, name, tried, available):
-                if self._claim(study, trial, function):
-                    return self._baseline_names().get(function, space[int(function)].expression)
+            for _ in range(2):
+                for function in self._ranking(study, trials, tried, available):
+                    if self._claim(study, trial, function):
+                        names = self._baseline_names()
+                        return names.get(function, space[int(function)].expression)
+                # The baselines left are all being tried by other workers: rank the rest.
+                available[list(self._baseline_names())] = False
             raise SpaceExhaustedError(
                 f"every function of the search space ({len(space)}) has been tried or is "
                 "being tried: stop the study or give a larger space"
@@ -255,14 +272,14 @@ class AquaSurfSampler(BaseSampler):
                 names.setdefault(function, baseline)
         return names
 
-    def _ranking(self, study, trial, name, tried, available) -> np.ndarray:
+    def _ranking(self, study, trials, tried, available) -> np.ndarray:
         baselines = list(self._baseline_names())
         pending = [f for f in baselines if available[f]]
         candidates = np.flatnonzero(available)
         if pending or len(candidates) == 0:
             return np.array(pending[:_CLAIM_ATTEMPTS], dtype=np.int64)
         coords = self._map(study)
-        functions, scores = self._observations(study, name, exclude=trial._trial_id)
+        functions, scores = self._observations(study, trials)
         picks_after_baselines = len(set(tried.tolist()) - set(baselines))
         design = self._acquisition == "explore" and picks_after_baselines < self._n_design
         distance = _acquisition.distance_to_nearest(self._neighbours["tried"], coords, tried)
@@ -278,15 +295,14 @@ class AquaSurfSampler(BaseSampler):
         )
 
     def _trials(self, study: optuna.Study, name: str, exclude: int | None):
-        for t in study.get_trials(deepcopy=False):
-            if name in t.user_attrs and t._trial_id != exclude:
-                yield t, self.locate(t.user_attrs[name])
+        """The trials of ``study`` with an activation (but ``exclude``), and its location."""
+        return [
+            (t, self.locate(t.user_attrs[name]))
+            for t in study.get_trials(deepcopy=False)
+            if name in t.user_attrs and t._trial_id != exclude
+        ]
 
-    def _tried(self, study, name, exclude) -> np.ndarray:
-        tried = {f for _, (f, exact) in self._trials(study, name, exclude) if exact}
-        return np.array(sorted(tried), dtype=np.int64)
-
-    def _observations(self, study, name, exclude) -> tuple[np.ndarray, np.ndarray]:
+    def _observations(self, study, trials) -> tuple[np.ndarray, np.ndarray]:
         """Functions with a score (one per function, mean over trials) and those scores.
 
         Completed trials give their value, pruned ones their last reported value; a function
@@ -295,7 +311,7 @@ class AquaSurfSampler(BaseSampler):
         """
         values: dict[int, list[float]] = {}
         failed: list[int] = []
-        for t, (function, _) in self._trials(study, name, exclude):
+        for t, (function, _) in trials:
             value = _trial_score(t)
             if value is not None:
                 values.setdefault(function, []).append(value)
@@ -370,32 +386,39 @@ class AquaSurfSampler(BaseSampler):
             key = self._map_key()
             if key not in self._maps:
                 store = self._store(study)
-                saved = store.load("embeddings", key)
-                if saved is None:
-                    fisher = self._fisher_features(store) if self._probe is not None else None
-                    seed = 0 if self._seed is None else self._seed
+
+                def compute() -> list[np.ndarray]:
                     from optuna_aquasurf._embedding import embed
 
+                    fisher = self._fisher_features(store) if self._probe is not None else None
                     outputs = self._output_features() if self._use_outputs else None
-                    saved = [embed(outputs, fisher, seed)]
-                    store.save("embeddings", key, saved)
-                self._maps[key] = saved[0]
+                    return [embed(outputs, fisher, 0 if self._seed is None else self._seed)]
+
+                self._maps[key] = store.compute_once("embeddings", key, compute)[0]
             return self._maps[key]
 
     def _fisher_features(self, store: Store) -> np.ndarray:
-        """Fisher features of the whole space, computed (and stored) chunk by chunk."""
+        """Fisher features of the whole space, computed (and stored) chunk by chunk.
+
+        Workers of one study split the chunks: each first computes those that no other worker
+        is computing, then waits for the others' results.
+        """
         space = self.space
         key = hashlib.sha256(f"{space.fingerprint}|{self._probe.fingerprint}".encode()).hexdigest()
         expressions = space.expressions
-        rows = []
-        for chunk in range(math.ceil(len(space) / FISHER_CHUNK)):
-            saved = store.load("fisher", key, chunk)
-            if saved is None:
-                part = expressions[chunk * FISHER_CHUNK : (chunk + 1) * FISHER_CHUNK]
-                saved = list(self._probe.features(part, return_diverged=True))
-                store.save("fisher", key, saved, chunk)
-            rows.append(saved[0])
-        return np.concatenate(rows)
+
+        def compute(chunk: int) -> list[np.ndarray]:
+            part = expressions[chunk * FISHER_CHUNK : (chunk + 1) * FISHER_CHUNK]
+            return list(self._probe.features(part, return_diverged=True))
+
+        rows: dict[int, np.ndarray] = {}
+        for wait in (False, True):
+            for chunk in range(math.ceil(len(space) / FISHER_CHUNK)):
+                if chunk not in rows:
+                    saved = store.compute_once("fisher", key, partial(compute, chunk), chunk, wait)
+                    if saved is not None:
+                        rows[chunk] = saved[0]
+        return np.concatenate([rows[chunk] for chunk in sorted(rows)])
 
 
 _LOCAL_STORE = MemoryStore()

@@ -106,6 +106,7 @@ def check_intact(trials: list[optuna.trial.FrozenTrial], n_complete: int) -> Non
             assert trial.number in rerun, trial
 
 
+@pytest.mark.slow  # about a minute per database on 2 cores
 def test_workers_option_runs_processes_on_one_study(url, model_file):
     path, _ = model_file
     process = aquasurf(

@@ -162,7 +162,9 @@ def test_failed_trials_count_as_the_worst_score(space):
 
     study = optuna.create_study(direction="maximize", sampler=sampler)
     study.optimize(objective, n_trials=12, catch=(ValueError,))
-    functions, scores = sampler._observations(study, "activation", exclude=None)
+    functions, scores = sampler._observations(
+        study, sampler._trials(study, "activation", exclude=None)
+    )
     failed = {
         sampler.locate(t.user_attrs["activation"])[0]
         for t in study.trials
@@ -187,7 +189,9 @@ def test_pruned_trials_use_their_last_value(space):
 
     study = optuna.create_study(direction="maximize", sampler=sampler)
     study.optimize(objective, n_trials=6)
-    functions, scores = sampler._observations(study, "activation", exclude=None)
+    functions, scores = sampler._observations(
+        study, sampler._trials(study, "activation", exclude=None)
+    )
     assert sorted(scores.tolist()) == [-5.0, -3.0, -1.0, 1.0, 1.0, 1.0]
 
 
