@@ -117,7 +117,7 @@ class AquaSurfSampler(BaseSampler):
         *,
         baselines: Sequence[str] = DEFAULT_BASELINES,
         acquisition: str = "explore",
-        n_design: int = 8,
+        n_design: int = 16,
         exploration: float = 0.5,
         regressor=None,
         seed: int | None = None,
@@ -386,15 +386,19 @@ class AquaSurfSampler(BaseSampler):
             key = self._map_key()
             if key not in self._maps:
                 store = self._store(study)
-
-                def compute() -> list[np.ndarray]:
-                    from optuna_aquasurf._embedding import embed
-
+                saved = store.load("embeddings", key)
+                if saved is None:
+                    # Outside the map's lease: every worker takes its share of the features.
                     fisher = self._fisher_features(store) if self._probe is not None else None
-                    outputs = self._output_features() if self._use_outputs else None
-                    return [embed(outputs, fisher, 0 if self._seed is None else self._seed)]
 
-                self._maps[key] = store.compute_once("embeddings", key, compute)[0]
+                    def compute() -> list[np.ndarray]:
+                        from optuna_aquasurf._embedding import embed
+
+                        outputs = self._output_features() if self._use_outputs else None
+                        return [embed(outputs, fisher, 0 if self._seed is None else self._seed)]
+
+                    saved = store.compute_once("embeddings", key, compute)
+                self._maps[key] = saved[0]
             return self._maps[key]
 
     def _fisher_features(self, store: Store) -> np.ndarray:
