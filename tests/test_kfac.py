@@ -283,3 +283,18 @@ def test_non_finite_loss_and_bad_arguments():
         kfac_eigenvalues(model, x, y, loss_fn=lambda o, t: F.cross_entropy(o, t, reduction="none"))
     with pytest.raises(ValueError, match="class scores"):
         kfac_eigenvalues(model, x, y[:, None])
+
+
+def test_nothing_of_a_computation_stays_in_memory():
+    """The factors' capture must not outlive the call (a cycle through autograd hooks would keep
+    each candidate's whole graph alive: gigabytes over a search space)."""
+    import gc
+
+    from optuna_aquasurf.features import _kfac
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    inputs, targets = torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,))
+    for _ in range(3):
+        kfac_eigenvalues(model, inputs, targets)
+    gc.collect()
+    assert not [o for o in gc.get_objects() if isinstance(o, _kfac._Capture)]

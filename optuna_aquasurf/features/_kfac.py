@@ -391,6 +391,9 @@ class _Capture(TorchFunctionMode):
             handle.remove()
         for p, flag in self.requires_grad.items():
             p.requires_grad_(flag)
+        # The layer outputs hold gradient hooks that hold this object: a cycle through autograd
+        # that Python's garbage collector cannot see, which would keep every graph alive.
+        self.gradient_wrt.clear()
 
     def _pre_hook(self, layer: _Layer):
         def hook(module, args):
