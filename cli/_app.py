@@ -123,10 +123,11 @@ def optimize(
 
     Ctrl-C stops cleanly (exit code 130); the same command resumes.
     """
+    from optuna_aquasurf.cli._optimize import SearchSettings
     from optuna_aquasurf.cli._optimize import optimize as run
     from optuna_aquasurf.cli._workers import optimize_with_workers
 
-    settings = dict(
+    settings = SearchSettings(
         n_trials=n_trials,
         timeout=timeout,
         device=device,
@@ -139,9 +140,9 @@ def optimize(
         max_retry=max_retry,
     )
     if workers == 1:
-        run(file, worker=worker, **settings)
+        run(file, settings, worker)
     else:
-        optimize_with_workers(file, workers, **settings)
+        optimize_with_workers(file, workers, settings)
 
 
 @app.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -49,18 +50,23 @@ def build_sampler(user: UserFile, seed: int, device) -> AquaSurfSampler:
     return AquaSurfSampler(space=user.search_space(), probe=user.probe(seed, device), seed=seed)
 
 
-def open_study(
-    path: Path,
-    *,
-    storage_url: str,
-    study_name: str | None,
-    seed: int,
-    device: str,
-    pruner: str,
-    heartbeat_interval: int,
-    grace_period: int | None,
-    max_retry: int,
-) -> tuple[UserFile, optuna.Study]:
+@dataclass(frozen=True)
+class SearchSettings:
+    """The options of ``aquasurf optimize`` that every worker of a search shares (see its help)."""
+
+    n_trials: int
+    timeout: float | None
+    device: str
+    storage_url: str
+    study_name: str | None
+    seed: int
+    pruner: str
+    heartbeat_interval: int
+    grace_period: int | None
+    max_retry: int
+
+
+def open_study(path: Path, settings: SearchSettings) -> tuple[UserFile, optuna.Study]:
     """The model file and its study, created or loaded, with the sampler of the file.
 
     Raises
@@ -70,44 +76,45 @@ def open_study(
     """
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     user = load_user_file(path)
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(settings.device)
     storage = open_storage(
-        storage_url,
-        heartbeat_interval=heartbeat_interval,
-        grace_period=grace_period,
-        max_retry=max_retry,
+        settings.storage_url,
+        heartbeat_interval=settings.heartbeat_interval,
+        grace_period=settings.grace_period,
+        max_retry=settings.max_retry,
     )
     study = optuna.create_study(
         storage=storage,
-        study_name=study_name or path.stem,
+        study_name=settings.study_name or path.stem,
         direction=user.direction,
-        sampler=build_sampler(user, seed, torch_device),
-        pruner=make_pruner(pruner),
+        sampler=build_sampler(user, settings.seed, torch_device),
+        pruner=make_pruner(settings.pruner),
         load_if_exists=True,
     )
     if study.direction.name.lower() != user.direction:
         raise UserError(
-            f"Study {study.study_name!r} in {masked(storage_url)} was created to "
+            f"Study {study.study_name!r} in {masked(settings.storage_url)} was created to "
             f"{study.direction.name.lower()}, but {path} says DIRECTION = {user.direction!r}: "
             "choose another --study name."
         )
     study.set_user_attr(
-        _views.SETTINGS_ATTR, {"file": str(path), "space": user.space, "seed": seed}
+        _views.SETTINGS_ATTR, {"file": str(path), "space": user.space, "seed": settings.seed}
     )
     return user, study
 
 
-def describe(study: optuna.Study, user: UserFile, n_trials: int, storage_url: str, where: str):
+def describe(study: optuna.Study, user: UserFile, settings: SearchSettings, where: str) -> int:
     """Print what the search is about to do; return the number of trials done already."""
     done = sum(counts_toward_target(t) for t in study.get_trials(deepcopy=False))
     err_console.print(
-        f"Study [bold]{study.study_name}[/] in {masked(storage_url)}: {done} of {n_trials} "
+        f"Study [bold]{study.study_name}[/] in {masked(settings.storage_url)}: {done} of "
+        f"{settings.n_trials} "
         f"trials done ({user.direction}). Model {user.path} on {where}; "
         f"{len(study.sampler.space):,} functions"
         + (", Fisher features of the model" if user.fisher_batch else "")
         + "."
     )
-    if done >= n_trials:
+    if done >= settings.n_trials:
         err_console.print(f"Nothing to do: raise --n-trials above {done} to continue.")
     return done
 
@@ -123,21 +130,7 @@ def print_top(study: optuna.Study, path: Path) -> None:
         )
 
 
-def optimize(
-    path: Path,
-    *,
-    n_trials: int,
-    timeout: float | None,
-    device: str,
-    storage_url: str,
-    study_name: str | None,
-    seed: int,
-    pruner: str,
-    heartbeat_interval: int,
-    grace_period: int | None,
-    max_retry: int,
-    worker: str | None = None,
-) -> None:
+def optimize(path: Path, settings: SearchSettings, worker: str | None = None) -> None:
     """Run the search until the study has ``n_trials`` finished trials (see the CLI help).
 
     With ``worker`` (a label such as ``"2/4"``), this process is one of several workers started
@@ -151,27 +144,17 @@ def optimize(
     KeyboardInterrupt
         After Ctrl-C, once the running trial is marked failed (reason ``"interrupted"``).
     """
-    user, study = open_study(
-        path,
-        storage_url=storage_url,
-        study_name=study_name,
-        seed=seed,
-        device=device,
-        pruner=pruner,
-        heartbeat_interval=heartbeat_interval,
-        grace_period=grace_period,
-        max_retry=max_retry,
-    )
-    torch_device = resolve_device(device)
+    user, study = open_study(path, settings)
+    torch_device = resolve_device(settings.device)
     if worker is None:
-        done = describe(study, user, n_trials, storage_url, str(torch_device))
+        done = describe(study, user, settings, str(torch_device))
     else:
         done = sum(counts_toward_target(t) for t in study.get_trials(deepcopy=False))
-    if done < n_trials:
+    if done < settings.n_trials:
         _run_again(study, study.get_trials(deepcopy=False))
         _prepare_map(study, fisher=user.fisher_batch is not None)
-        progress = SearchProgress(err_console, n_trials, done, worker)
-        _search(study, user, torch_device, seed, n_trials, timeout, progress, storage_url)
+        progress = SearchProgress(err_console, settings.n_trials, done, worker)
+        _search(study, user, torch_device, settings, progress)
     if worker is None:
         print_top(study, path)
 
@@ -209,11 +192,12 @@ def _prepare_map(study: optuna.Study, fisher: bool) -> None:
     err_console.print(f"Map of the space ready ({time.perf_counter() - started:.1f} s).")
 
 
-def _search(study, user, device, seed, n_trials, timeout, progress, storage_url) -> None:
+def _search(study, user, device, settings: SearchSettings, progress) -> None:
     """Run trials until the study has ``n_trials`` finished ones, through lost connections."""
+    n_trials, timeout = settings.n_trials, settings.timeout
     deadline = None if timeout is None else time.monotonic() + timeout
     with progress:
-        objective = Objective(user, device, seed, on_start=progress.started)
+        objective = Objective(user, device, settings.seed, on_start=progress.started)
 
         def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
             finished = sum(counts_toward_target(t) for t in study.get_trials(deepcopy=False))
@@ -236,7 +220,7 @@ def _search(study, user, device, seed, n_trials, timeout, progress, storage_url)
                 lost = lost_connection(error)
                 if lost is None:
                     raise
-                _reconnect(study, objective.trial_id, lost, storage_url)
+                _reconnect(study, objective.trial_id, lost, settings.storage_url)
                 finished = sum(counts_toward_target(t) for t in study.get_trials(deepcopy=False))
                 if finished >= n_trials:
                     break

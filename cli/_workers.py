@@ -8,13 +8,14 @@ features of the map between them. The storage URL reaches them in the environmen
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 from optuna_aquasurf.cli._console import UserError, err_console
-from optuna_aquasurf.cli._optimize import describe, open_study, print_top
+from optuna_aquasurf.cli._optimize import SearchSettings, describe, open_study, print_top
 
 #: The environment variable that gives every command its ``--storage``.
 STORAGE_VARIABLE = "AQUASURF_STORAGE"
@@ -43,21 +44,7 @@ def worker_devices(n: int, device: str) -> list[tuple[str, dict[str, str]]]:
     return [(device, {})] * n
 
 
-def optimize_with_workers(
-    path: Path,
-    workers: int,
-    *,
-    n_trials: int,
-    timeout: float | None,
-    device: str,
-    storage_url: str,
-    study_name: str | None,
-    seed: int,
-    pruner: str,
-    heartbeat_interval: int,
-    grace_period: int | None,
-    max_retry: int,
-) -> None:
+def optimize_with_workers(path: Path, workers: int, settings: SearchSettings) -> None:
     """Create (or load) the study, run ``workers`` worker processes on it, show the best.
 
     The study is created here first: Optuna's tables, created by several processes starting at
@@ -70,33 +57,24 @@ def optimize_with_workers(
     KeyboardInterrupt
         After Ctrl-C, once every worker has stopped.
     """
-    settings = dict(storage_url=storage_url, study_name=study_name, seed=seed, pruner=pruner)
-    retries = dict(heartbeat_interval=heartbeat_interval, grace_period=grace_period)
-    user, study = open_study(path, device=device, max_retry=max_retry, **settings, **retries)
-    devices = worker_devices(workers, device)
+    user, study = open_study(path, settings)
+    devices = worker_devices(workers, settings.device)
     where = ", ".join(sorted({d + env.get("CUDA_VISIBLE_DEVICES", "") for d, env in devices}))
-    done = describe(study, user, n_trials, storage_url, f"{workers} workers ({where})")
-    if done < n_trials:
-        options = {
-            "--n-trials": n_trials,
-            "--study": study.study_name,
-            "--seed": seed,
-            "--pruner": pruner,
-            "--heartbeat-interval": heartbeat_interval,
-            "--grace-period": grace_period,
-            "--max-retry": max_retry,
-            "--timeout": timeout,
-        }
+    if describe(study, user, settings, f"{workers} workers ({where})") < settings.n_trials:
+        options = dataclasses.asdict(settings)
+        del options["device"], options["storage_url"]  # per worker, and in the environment
+        options["study"] = study.study_name
+        del options["study_name"]
         command = [sys.executable, "-m", "optuna_aquasurf", "optimize", str(path)]
         for name, value in options.items():
             if value is not None:
-                command += [name, str(value)]
+                command += [f"--{name.replace('_', '-')}", str(value)]
         processes = [
             subprocess.Popen(
-                [*command, "--device", worker_device, "--worker", f"{i + 1}/{workers}"],
-                env={**os.environ, **env, STORAGE_VARIABLE: storage_url},
+                [*command, "--device", device, "--worker", f"{i + 1}/{workers}"],
+                env={**os.environ, **env, STORAGE_VARIABLE: settings.storage_url},
             )
-            for i, (worker_device, env) in enumerate(devices)
+            for i, (device, env) in enumerate(devices)
         ]
         codes, interrupted = _wait(processes)
         if interrupted or 130 in codes:
