@@ -297,4 +297,4 @@ def test_nothing_of_a_computation_stays_in_memory():
     for _ in range(3):
         kfac_eigenvalues(model, inputs, targets)
     gc.collect()
-    assert not [o for o in gc.get_objects() if isinstance(o, _kfac._Capture)]
+    assert not [o for o in gc.get_objects() if type(o) is _kfac._Capture]
