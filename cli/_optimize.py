@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from rich.markup import escape
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import SQLAlchemyError
 
 from optuna_aquasurf import AquaSurfSampler, SpaceExhaustedError
 from optuna_aquasurf._store import lost_connection
@@ -233,7 +233,7 @@ def _search(study, user, device, settings: SearchSettings, progress) -> None:
         raise KeyboardInterrupt
 
 
-def _reconnect(study: optuna.Study, trial_id: int | None, error: DBAPIError, url: str) -> None:
+def _reconnect(study: optuna.Study, trial_id: int | None, error: SQLAlchemyError, url: str) -> None:
     """Wait for the database to answer again (``RECONNECT_DELAYS``), then queue the trial that
     the lost connection ``error`` interrupted to run again.
 
@@ -243,7 +243,7 @@ def _reconnect(study: optuna.Study, trial_id: int | None, error: DBAPIError, url
         When the database does not answer after the last delay.
     """
     for delay in RECONNECT_DELAYS:
-        problem = str(error.orig or error).strip().splitlines()[0]
+        problem = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
         err_console.print(
             f"[yellow]Lost the connection to the database[/] ({escape(problem)}); "
             f"trying again in {delay} s."

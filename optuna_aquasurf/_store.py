@@ -93,11 +93,13 @@ def unpack(data: bytes) -> list[np.ndarray]:
         return [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
 
 
-def lost_connection(error: BaseException) -> DBAPIError | None:
+def lost_connection(error: BaseException) -> sa.exc.SQLAlchemyError | None:
     """The database error behind ``error`` if it is a lost or refused connection, else None."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
+        if isinstance(error, sa.exc.PendingRollbackError):  # a session whose connection failed
+            return error
         if isinstance(error, DBAPIError) and (
             error.connection_invalidated
             or isinstance(error, sa.exc.OperationalError | sa.exc.InterfaceError)
