@@ -2,9 +2,10 @@
 
 (a) a small CNN on scikit-learn's digits (8x8 images, batch 128) over the 2,918 functions of
 ``binary(unary(x),unary(x))``; (b) timm resnet18 (random weights) at 64x64, batch 32, over 20
-functions. Targets: (a) at most 2 training steps per candidate, (b) at most 10.
+functions. Targets on 2 cores: (a) at most 2 training steps per candidate, (b) at most 10.
+Probe and training steps run in alternating rounds, with torch's threads (default: one per core).
 
-Usage: ``python benchmarks/bench_fisher.py [--n 2918] [--n-resnet 20] [--threads 1]``.
+Usage: ``python benchmarks/bench_fisher.py [--n 2918] [--n-resnet 20] [--threads N]``.
 """
 
 from __future__ import annotations
@@ -112,12 +113,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=None, help="digits candidates (default: all)")
     parser.add_argument("--n-resnet", type=int, default=20, help="resnet18 candidates")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     space = SearchSpace.from_schemas(["binary(unary(x),unary(x))"], unary=PAPER_UNARY)
     expressions = space.expressions
-    print(f"torch {torch.__version__}, {args.threads} threads, space of {len(space)} functions")
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, {threads} threads, space of {len(space)} functions")
 
     inputs, targets = digits_batch(128)
     digits = expressions[: args.n]

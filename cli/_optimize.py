@@ -23,7 +23,7 @@ from optuna_aquasurf.cli._objective import (
 )
 from optuna_aquasurf.cli._progress import SearchProgress
 from optuna_aquasurf.cli._storage import masked, open_storage
-from optuna_aquasurf.cli._trials import LOST_CONNECTION, counts_toward_target, pending_reruns
+from optuna_aquasurf.cli._trials import LOST_CONNECTION, count_finished, pending_reruns
 from optuna_aquasurf.cli._userfile import UserFile, load_user_file, user_traceback
 
 #: Rows of the table shown at the end.
@@ -105,7 +105,7 @@ def open_study(path: Path, settings: SearchSettings) -> tuple[UserFile, optuna.S
 
 def describe(study: optuna.Study, user: UserFile, settings: SearchSettings, where: str) -> int:
     """Print what the search is about to do; return the number of trials done already."""
-    done = sum(counts_toward_target(t) for t in study.get_trials(deepcopy=False))
+    done = count_finished(study.get_trials(deepcopy=False))
     err_console.print(
         f"Study [bold]{study.study_name}[/] in {masked(settings.storage_url)}: {done} of "
         f"{settings.n_trials} "
@@ -149,7 +149,7 @@ def optimize(path: Path, settings: SearchSettings, worker: str | None = None) ->
     if worker is None:
         done = describe(study, user, settings, str(torch_device))
     else:
-        done = sum(counts_toward_target(t) for t in study.get_trials(deepcopy=False))
+        done = count_finished(study.get_trials(deepcopy=False))
     if done < settings.n_trials:
         _run_again(study, study.get_trials(deepcopy=False))
         _prepare_map(study, fisher=user.fisher_batch is not None)
@@ -200,7 +200,7 @@ def _search(study, user, device, settings: SearchSettings, progress) -> None:
         objective = Objective(user, device, settings.seed, on_start=progress.started)
 
         def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-            finished = sum(counts_toward_target(t) for t in study.get_trials(deepcopy=False))
+            finished = count_finished(study.get_trials(deepcopy=False))
             progress.finished(trial, finished, _views.best_trial(study))
             if finished >= n_trials:
                 study.stop()
@@ -221,7 +221,7 @@ def _search(study, user, device, settings: SearchSettings, progress) -> None:
                 if lost is None:
                     raise
                 _reconnect(study, objective.trial_id, lost, settings.storage_url)
-                finished = sum(counts_toward_target(t) for t in study.get_trials(deepcopy=False))
+                finished = count_finished(study.get_trials(deepcopy=False))
                 if finished >= n_trials:
                     break
     if objective.interrupted:

@@ -36,6 +36,11 @@ def counts_toward_target(trial: FrozenTrial) -> bool:
     return failed and not to_run_again(trial)
 
 
+def count_finished(trials: list[FrozenTrial]) -> int:
+    """How many of ``trials`` count toward ``--n-trials``."""
+    return sum(counts_toward_target(t) for t in trials)
+
+
 def to_run_again(trial: FrozenTrial) -> bool:
     """Whether a failed trial runs again when the study resumes (see the module notes)."""
     reason = trial.user_attrs.get("fail_reason", "")

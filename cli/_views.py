@@ -14,7 +14,7 @@ from rich.table import Table
 
 from optuna_aquasurf.cli._console import UserError
 from optuna_aquasurf.cli._storage import masked
-from optuna_aquasurf.cli._trials import counts_toward_target, pending_reruns
+from optuna_aquasurf.cli._trials import count_finished, pending_reruns
 
 #: Equivalent names shown in a table cell before "+N more".
 SHOWN_EQUIVALENTS = 1
@@ -54,7 +54,7 @@ def status(study: optuna.Study, url: str) -> dict[str, Any]:
         "trials": {
             state.name.lower(): sum(t.state == state for t in trials) for state in TrialState
         },
-        "finished": sum(counts_toward_target(t) for t in trials),
+        "finished": count_finished(trials),
         "to_run_again": len(pending_reruns(trials)),
         "seconds": round(sum(t.user_attrs.get("seconds", 0.0) for t in trials), 3),
         "best": None if best is None else trial_record(best),

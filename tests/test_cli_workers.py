@@ -21,13 +21,14 @@ import sqlalchemy as sa
 import torch
 from optuna.trial import TrialState
 
-from optuna_aquasurf._store import SQLStore, lost_connection, unpack
+from optuna_aquasurf._store import lost_connection
 from optuna_aquasurf.cli import _optimize
 from optuna_aquasurf.cli._console import UserError
 from optuna_aquasurf.cli._optimize import build_sampler
 from optuna_aquasurf.cli._storage import open_storage
-from optuna_aquasurf.cli._trials import counts_toward_target
+from optuna_aquasurf.cli._trials import count_finished
 from optuna_aquasurf.cli._userfile import load_user_file
+from tests._maps import computed_map, store_map
 
 FAST = textwrap.dedent(
     """
@@ -53,20 +54,14 @@ def model_file(tmp_path_factory) -> tuple[Path, list]:
     folder = tmp_path_factory.mktemp("fast")
     path = folder / "fast.py"
     path.write_text(FAST)
-    url = f"sqlite:///{folder / 'maps.db'}"
     sampler = build_sampler(load_user_file(path), 0, torch.device("cpu"))
-    sampler.embedding(optuna.create_study(storage=url))
-    with sa.create_engine(url).connect() as connection:
-        rows = list(connection.execute(sa.text("select key, data from aquasurf_embeddings")))
-    return path, rows
+    return path, computed_map(sampler, folder)
 
 
 @pytest.fixture
 def url(database_url, model_file) -> str:
     """A new database with the map of fast.py."""
-    store = SQLStore(sa.create_engine(database_url))
-    for key, data in model_file[1]:
-        store.save("embeddings", key, unpack(data))
+    store_map(model_file[1], database_url)
     return database_url
 
 
@@ -96,7 +91,7 @@ def completed(url: str) -> int:
 def check_intact(trials: list[optuna.trial.FrozenTrial], n_trials: int) -> None:
     """The study reached its target as the CLI counts it; every trial finished; a failure has
     its reason or was run again; no function completed twice."""
-    assert sum(counts_toward_target(t) for t in trials) >= n_trials, [
+    assert count_finished(trials) >= n_trials, [
         (t.state, t.user_attrs.get("fail_reason")) for t in trials
     ]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]

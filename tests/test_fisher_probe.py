@@ -119,6 +119,41 @@ def test_features_match_histogram_of_all_pairwise_sums(monkeypatch):
     np.testing.assert_allclose(fisher_features(model, x, y, bins=40), expected, atol=1e-6)
 
 
+class _CountsFirstGradient(nn.Module):
+    """Linear(4, 8) (40 weights: one bin), the activation, Linear(8, 30) (270 weights: two)."""
+
+    gradients = 0
+
+    def __init__(self, activation):
+        super().__init__()
+        self.first, self.activation, self.last = nn.Linear(4, 8), activation, nn.Linear(8, 30)
+
+    def forward(self, x):
+        hidden = self.first(x)
+        if hidden.requires_grad:
+            hidden.register_hook(self._count)
+        return self.last(self.activation(hidden))
+
+    @classmethod
+    def _count(cls, grad):
+        cls.gradients += 1
+
+
+def test_single_bin_layers_are_constant_and_not_computed():
+    from optuna_aquasurf import ActivationFunction
+
+    x, y = torch.randn(16, 4), torch.arange(16) % 30
+    expressions = ["tanh(x)", "relu(x)", "mul(x,sigmoid(x))"]
+    matrix = FisherProbe(_CountsFirstGradient, x, y).features(expressions)
+    assert _CountsFirstGradient.gradients == 0
+    for expression, row in zip(expressions, matrix):
+        torch.manual_seed(0)
+        model = _CountsFirstGradient(ActivationFunction(expression)).eval()
+        np.testing.assert_array_equal(row, fisher_features(model, x, y))
+    assert _CountsFirstGradient.gradients == len(expressions)
+    assert matrix[:, 0].tolist() == [1.0] * len(expressions)
+
+
 def test_same_seed_same_features_and_fingerprint():
     x, y = _batch((1, 8, 8), 16)
     first, second = FisherProbe(SmallCNN, x, y), FisherProbe(SmallCNN, x, y)
@@ -210,12 +245,13 @@ class _Attention(nn.Module):
 _attention = _Attention
 
 
+@pytest.mark.parametrize("bins", [None, 4], ids=["default_bins", "every_layer_computed"])
 @pytest.mark.parametrize("fisher", ["empirical", "model"])
 @pytest.mark.parametrize("build", [SmallCNN, _attention], ids=["grouped_cnn", "attention"])
-def test_stacked_candidates_match_one_at_a_time(build, fisher):
+def test_stacked_candidates_match_one_at_a_time(build, fisher, bins):
     x, y = _batch((1, 8, 8), 8) if build is SmallCNN else _batch((5, 8), 6)
     expressions = ["tanh(x)", "exp(exp(exp(x)))", "relu(x)", "mul(x,erf(x))", "softplus(x)"]
-    kwargs = {"fisher": fisher, "progress": False}
+    kwargs = {"fisher": fisher, "bins": bins, "progress": False}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the attention's unseen out_proj
         alone = FisherProbe(build, 10 * x, y, stack=1, **kwargs)
@@ -244,10 +280,10 @@ class _MixesSamples(nn.Module):
 def test_stacking_is_checked_and_falls_back():
     x, y = torch.randn(12, 3), torch.arange(12) % 4
     expressions = ["tanh(x)", "relu(x)", "sigmoid(x)"]
-    expected = FisherProbe(_MixesSamples, x, y, stack=1).features(expressions)
-    automatic = FisherProbe(_MixesSamples, x, y)
+    expected = FisherProbe(_MixesSamples, x, y, bins=4, stack=1).features(expressions)
+    automatic = FisherProbe(_MixesSamples, x, y, bins=4)
     np.testing.assert_array_equal(automatic.features(expressions), expected)
     with pytest.raises(ValueError, match="stack=3"):
-        FisherProbe(_MixesSamples, x, y, stack=3).features(expressions)
+        FisherProbe(_MixesSamples, x, y, bins=4, stack=3).features(expressions)
     with pytest.raises(ValueError, match="stack"):
         FisherProbe(_MixesSamples, x, y, stack=0)

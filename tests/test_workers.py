@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from optuna_aquasurf import AquaSurfSampler
-from optuna_aquasurf._store import SQLStore, unpack
+from tests._maps import computed_map, store_map
 from tests.worker_process import probe, score, worker_space
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,10 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def map_rows(tmp_path_factory) -> list[tuple[str, bytes]]:
     """The stored map of the worker space, computed once (UMAP takes a while)."""
-    url = f"sqlite:///{tmp_path_factory.mktemp('maps') / 'maps.db'}"
-    AquaSurfSampler(worker_space(), seed=0).embedding(optuna.create_study(storage=url))
-    with sa.create_engine(url).connect() as connection:
-        return list(connection.execute(sa.text("select key, data from aquasurf_embeddings")))
+    return computed_map(AquaSurfSampler(worker_space(), seed=0), tmp_path_factory.mktemp("maps"))
 
 
 @pytest.fixture
@@ -44,9 +41,7 @@ def shared_url(database_url, map_rows) -> str:
     empty database races with itself when several processes start at once.
     """
     optuna.storages.RDBStorage(database_url)
-    store = SQLStore(sa.create_engine(database_url))
-    for key, data in map_rows:
-        store.save("embeddings", key, unpack(data))
+    store_map(map_rows, database_url)
     return database_url
 
 

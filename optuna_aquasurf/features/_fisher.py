@@ -74,7 +74,7 @@ def fisher_features(
 
 def spectra_features(spectra: list[LayerSpectrum], bins: Bins = None) -> np.ndarray:
     """Concatenated per-layer CDFs of the spectra (see :func:`fisher_features`)."""
-    parts = [layer_cdf(s, bin_count(bins, s.num_weights)) for s in spectra]
+    parts = [layer_cdfs([s], bin_count(bins, s.num_weights))[0] for s in spectra]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 
@@ -89,24 +89,33 @@ def bin_count(bins: Bins, num_weights: int) -> int:
     return int(count)
 
 
-def layer_cdf(spectrum: LayerSpectrum, n_bins: int) -> np.ndarray:
-    """CDF (float32, length ``n_bins``) of the log-eigenvalue sums of one layer."""
-    log_a, count_a = _log_spectrum(spectrum.eig_a, spectrum.zeros_a)
-    log_g, count_g = _log_spectrum(spectrum.eig_g, spectrum.zeros_g)
-    total = float(count_a.sum(axis=1) @ count_g.sum(axis=1))
-    if total != spectrum.num_weights:
+def layer_cdfs(spectra: list[LayerSpectrum], n_bins: int) -> np.ndarray:
+    """CDFs (float32, ``len(spectra) x n_bins``) of the log-eigenvalue sums of one layer.
+
+    ``spectra`` are the same layer's in several candidates (factors of the same sizes).
+    """
+    first = spectra[0]
+    groups = first.eig_a.shape[0]
+    log_a, count_a = _log_spectrum(torch.cat([s.eig_a for s in spectra]), first.zeros_a)
+    log_g, count_g = _log_spectrum(torch.cat([s.eig_g for s in spectra]), first.zeros_g)
+    totals = (count_a.sum(axis=1) * count_g.sum(axis=1)).reshape(len(spectra), groups).sum(axis=1)
+    if (totals != first.num_weights).any():
         raise RuntimeError(
-            f"layer {spectrum.name!r}: {total:.0f} eigenvalues for {spectrum.num_weights} weights"
+            f"layer {first.name!r}: {totals.max():.0f} eigenvalues for {first.num_weights} weights"
         )
-    hist = np.zeros(n_bins)
+    # each (candidate, group) block counts into its candidate's bins
+    offsets = (np.arange(log_a.shape[0]) // groups * n_bins)[:, None, None]
+    hist = np.zeros(len(spectra) * n_bins)
     step = max(1, CHUNK // (log_a.shape[0] * log_g.shape[1]))
     for start in range(0, log_a.shape[1], step):
         sums = log_a[:, start : start + step, None] + log_g[:, None, :]
         index = np.floor((sums + LOG_RANGE) * (n_bins / (2 * LOG_RANGE)))
-        index = np.clip(index, 0, n_bins - 1).astype(np.intp)
+        index = np.clip(index, 0, n_bins - 1).astype(np.intp) + offsets
         weights = count_a[:, start : start + step, None] * count_g[:, None, :]
-        hist += np.bincount(index.ravel(), weights.ravel(), minlength=n_bins)
-    return (np.cumsum(hist) / total).astype(np.float32)
+        hist += np.bincount(index.ravel(), weights.ravel(), minlength=hist.size)
+    return (np.cumsum(hist.reshape(len(spectra), n_bins), axis=1) / totals[:, None]).astype(
+        np.float32
+    )
 
 
 def _log_spectrum(eigs: torch.Tensor, zeros: int) -> tuple[np.ndarray, np.ndarray]:

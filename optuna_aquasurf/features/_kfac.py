@@ -23,7 +23,8 @@ they are left out with a warning that names them.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -164,9 +165,10 @@ def kfac_factors(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     fisher: str = "empirical",
     seed: int = 0,
+    layers: Collection[str] | None = None,
 ) -> list[LayerFactors]:
     """The factors of :func:`kfac_eigenvalues`, before :func:`decompose`."""
-    (factors,) = stacked_kfac_factors(model, inputs, targets, 1, loss_fn, fisher, seed)
+    (factors,) = stacked_kfac_factors(model, inputs, targets, 1, loss_fn, fisher, seed, layers)
     if isinstance(factors, DivergedError):
         raise factors
     return factors
@@ -180,6 +182,7 @@ def stacked_kfac_factors(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     fisher: str = "empirical",
     seed: int = 0,
+    layers: Collection[str] | None = None,
 ) -> list[list[LayerFactors] | DivergedError]:
     """The factors of ``stack`` models in one forward and backward pass.
 
@@ -187,6 +190,9 @@ def stacked_kfac_factors(
     is candidate ``k`` (a model that computes each sample on its own, with an activation that
     treats each copy as its candidate). Every copy gets its own outputs, targets and batch-mean
     loss, and the gradient of their sum gives each copy's own per-sample gradients.
+
+    ``layers``, when given, names the layers to capture (others are left out, and the backward
+    pass stops where none of the named layers needs it).
 
     Returns
     -------
@@ -201,7 +207,7 @@ def stacked_kfac_factors(
         inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
         inputs = tuple(torch.cat([t] * stack) for t in inputs)
     results: list[list[LayerFactors] | DivergedError | None] = [None] * stack
-    with _Capture(model, stack) as capture:
+    with _Capture(model, stack, layers) as capture:
         outputs = model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
         if not isinstance(outputs, torch.Tensor):
             raise TypeError(f"the model must return a tensor, got {type(outputs).__name__}")
@@ -360,13 +366,14 @@ class _Capture(TorchFunctionMode):
     the blocks of one candidate, candidate-major.
     """
 
-    def __init__(self, model: nn.Module, stack: int = 1):
+    def __init__(self, model: nn.Module, stack: int = 1, names: Collection[str] | None = None):
         super().__init__()
+        self.model = model
         self.stack_size = stack
         self.layers: dict[nn.Module, _Layer] = {}
         for name, module in model.named_modules():
             for cls, call in _CALLS.items():
-                if isinstance(module, cls):
+                if isinstance(module, cls) and (names is None or name in names):
                     self.layers[module] = _Layer(name, module, call)
         self.stack: list[_Layer] = []
         self.gradient_wrt: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
@@ -375,17 +382,23 @@ class _Capture(TorchFunctionMode):
         self.grad_mode = torch.enable_grad()
 
     def __enter__(self):
+        probed = set()
         for module, layer in self.layers.items():
             self.handles.append(module.register_forward_pre_hook(self._pre_hook(layer)))
             self.handles.append(module.register_forward_hook(self._post_hook(layer)))
-            for p in module.parameters(recurse=False):
-                self.requires_grad[p] = p.requires_grad
-                p.requires_grad_(True)
+            probed.update(module.parameters(recurse=False))
+        # Only the probed layers' weights need a gradient, so that their outputs have one; what
+        # comes before the first probed layer is computed without autograd.
+        for p in self.model.parameters():
+            self.requires_grad[p] = p.requires_grad
+            p.requires_grad_(p in probed)
         self.grad_mode.__enter__()
-        return super().__enter__()
+        return self
 
     def __exit__(self, *exc):
-        super().__exit__(*exc)
+        if self.stack:  # a layer's forward raised: its function mode is still on
+            self.stack.clear()
+            TorchFunctionMode.__exit__(self, *exc)
         self.grad_mode.__exit__(*exc)
         for handle in self.handles:
             handle.remove()
@@ -395,8 +408,11 @@ class _Capture(TorchFunctionMode):
         # that Python's garbage collector cannot see, which would keep every graph alive.
         self.gradient_wrt.clear()
 
+    # The function mode is on only while a probed layer runs, not for everything in between.
     def _pre_hook(self, layer: _Layer):
         def hook(module, args):
+            if not self.stack:
+                TorchFunctionMode.__enter__(self)
             self.stack.append(layer)
 
         return hook
@@ -404,6 +420,8 @@ class _Capture(TorchFunctionMode):
     def _post_hook(self, layer: _Layer):
         def hook(module, args, output):
             self.stack.pop()
+            if not self.stack:
+                TorchFunctionMode.__exit__(self, None, None, None)
 
         return hook
 
@@ -434,9 +452,10 @@ class _Capture(TorchFunctionMode):
             layer.a.add(rows)
         if out.requires_grad:  # else computed under no_grad: no gradient reaches it
             out.register_hook(self._gradient_hook(layer))
-            # the output when the input needs no gradient (a first layer): no weight gradient
-            source = x if x.requires_grad else out
-            self.gradient_wrt.setdefault(id(source), (source, source._version, weight))
+            # should an in-place operation change ``out`` before the backward pass, a gradient
+            # with respect to the layer's input (or its weight) still passes through the hook
+            fallback = x if x.requires_grad else weight
+            self.gradient_wrt[id(out)] = (out, out._version, fallback)
 
     def _gradient_hook(self, layer: _Layer):
         def hook(grad: torch.Tensor) -> None:
@@ -459,14 +478,15 @@ class _Capture(TorchFunctionMode):
     def gradient_inputs(self) -> list[torch.Tensor]:
         """Tensors to differentiate the loss with respect to so that every hook fires.
 
-        A layer output changed in place since (an in-place activation) is no longer the tensor
-        the hook is on; its layer's weight takes its place.
+        These are the layer outputs, so that the backward pass goes no further than the hooks
+        need. A layer output changed in place since (an in-place activation) is no longer the
+        tensor the hook is on; its layer's input (or weight) takes its place.
         """
-        tensors = (
-            t if t._version == version else weight
-            for t, version, weight in self.gradient_wrt.values()
-        )
-        return [t for t in tensors if t.requires_grad]
+        tensors = {}
+        for out, version, fallback in self.gradient_wrt.values():
+            tensor = out if out._version == version else fallback
+            tensors[id(tensor)] = tensor
+        return [t for t in tensors.values() if t.requires_grad]
 
     def captured_layers(self) -> list[_Layer]:
         return [layer for layer in self.layers.values() if layer.a is not None]
@@ -556,7 +576,7 @@ def decompose(factors: list[LayerFactors]) -> list[LayerSpectrum]:
     for batch in _by_size(_matrices(0, factors)):
         stacked = torch.cat([m for _, m in batch])
         try:
-            values = torch.linalg.eigvalsh(stacked)
+            (values,) = _eigvalsh([stacked])
         except torch.linalg.LinAlgError:
             try:
                 values = _careful_eigvalsh(stacked)
@@ -596,8 +616,10 @@ def decompose_stacked(
     eigs = {}
     try:
         good = [(key, m) for key, m in matrices if not isinstance(results[key[0]], DivergedError)]
-        for batch in _by_size(good):
-            _split(batch, torch.linalg.eigvalsh(torch.cat([m for _, m in batch])), eigs)
+        batches = _by_size(good)
+        values = _eigvalsh([torch.cat([m for _, m in batch]) for batch in batches])
+        for batch, batch_values in zip(batches, values):
+            _split(batch, batch_values, eigs)
     except torch.linalg.LinAlgError:
         return [_decompose_or_error(r) for r in results]
     return [
@@ -665,6 +687,28 @@ def _spectra(c: int, factors: list[LayerFactors], eigs: dict) -> list[LayerSpect
         )
         for i, f in enumerate(factors)
     ]
+
+
+def _eigvalsh(batches: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``torch.linalg.eigvalsh`` of several batches; on the CPU, spread over the intra-op threads.
+
+    LAPACK decomposes the matrices of a batch one after the other, and its own threads do little
+    for matrices this small; a share of the batch per thread is about that many times faster.
+    Meanwhile torch's intra-op threads are set to one, process-wide.
+    """
+    threads = torch.get_num_threads()
+    if threads == 1 or any(b.device.type != "cpu" for b in batches):
+        return [torch.linalg.eigvalsh(b) for b in batches]
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            shares = [
+                [pool.submit(torch.linalg.eigvalsh, share) for share in batch.chunk(threads)]
+                for batch in batches
+            ]
+            return [torch.cat([future.result() for future in batch]) for batch in shares]
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _careful_eigvalsh(stacked: torch.Tensor) -> torch.Tensor:

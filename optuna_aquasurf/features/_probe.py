@@ -10,7 +10,9 @@ import torch
 from rich.progress import track
 from torch import nn
 
-from optuna_aquasurf.features._fisher import Bins, bin_count, spectra_features
+from optuna_aquasurf._activation import ActivationFunction
+from optuna_aquasurf._expression import evaluate
+from optuna_aquasurf.features._fisher import Bins, bin_count, layer_cdfs
 from optuna_aquasurf.features._kfac import (
     FISHER_TYPES,
     DivergedError,
@@ -24,11 +26,11 @@ from optuna_aquasurf.features._kfac import (
 __all__ = ["DivergedError", "FisherProbe"]
 
 #: Bumped whenever the features change for the same inputs; part of the fingerprint.
-FEATURE_VERSION = "fisher-kfac-cdf/1"
+FEATURE_VERSION = "fisher-kfac-cdf/2"
 #: The progress bar appears for more candidates than this.
 PROGRESS_MIN = 20
 #: Automatic stacking: at most this many activation outputs (elements) in one pass ...
-STACK_ELEMENTS = 1 << 21
+STACK_ELEMENTS = 1 << 22
 #: ... and at most this many candidates.
 STACK_MAX = 32
 #: The two candidates of the check that stacking gives each candidate its own factors.
@@ -68,7 +70,7 @@ class FisherProbe:
         Candidates computed together in one forward and backward pass, on copies of the batch
         stacked along the first dimension (each copy with its candidate's activation; the same
         factors, one candidate's per copy). ``None``: as many as keep the activation outputs of
-        a pass under 2**21 elements (at most 32). Before stacking, a check compares the stacked
+        a pass under 2**22 elements (at most 32). Before stacking, a check compares the stacked
         factors of ``relu`` and ``tanh`` with those computed one at a time; when they differ
         (a model that mixes samples, or whose batch is not the first dimension), ``None`` falls
         back to one at a time and an explicit ``stack`` raises ``ValueError``. ``1``: one at a
@@ -80,6 +82,10 @@ class FisherProbe:
     fill, every layer's CDF ``0, ..., 0, 1`` (all its mass at the top of the range, as for log
     eigenvalues going to infinity), and is flagged in the mask of
     ``features(..., return_diverged=True)``.
+
+    A layer with a single bin (by default, fewer than 200 weights) has the CDF ``1`` whatever the
+    candidate: its factors are not computed, do not count toward divergence, and the backward
+    pass stops where no other layer needs it.
 
     Examples
     --------
@@ -189,23 +195,39 @@ class FisherProbe:
         """Features of candidates computed in one pass, None for those that diverge."""
         model = self._build(_activation(expressions))
         factors = self._factors(model, len(expressions), inputs, targets)
-        rows = []
-        for expression, spectra in zip(expressions, decompose_stacked(factors)):
-            if isinstance(spectra, DivergedError):
-                rows.append(None)
-                continue
-            names = [s.name for s in spectra]
-            if names != [name for name, _, _ in self.layers]:
+        computed = list(self._computed_layers())
+        candidates = decompose_stacked(factors)
+        finite = [c for c in candidates if not isinstance(c, DivergedError)]
+        for expression, spectra in zip(expressions, candidates):
+            names = computed if isinstance(spectra, DivergedError) else [s.name for s in spectra]
+            if names != computed:
                 raise RuntimeError(
                     f"candidate {expression!r} changed the probed layers: {names} instead "
-                    f"of {[name for name, _, _ in self.layers]}"
+                    f"of {computed}"
                 )
-            rows.append(spectra_features(spectra, self.bins))
-        return rows
+        columns = np.cumsum([0] + [bins for _, _, bins in self.layers])
+        position = {name: i for i, (name, _, _) in enumerate(self.layers)}
+        matrix = np.ones((len(finite), self.feature_length), dtype=np.float32)  # one bin: CDF 1
+        for spectra in zip(*finite):  # one layer, in every finite candidate
+            i = position[spectra[0].name]
+            matrix[:, columns[i] : columns[i + 1]] = layer_cdfs(list(spectra), self.layers[i][2])
+        rows = iter(matrix)
+        return [None if isinstance(c, DivergedError) else next(rows) for c in candidates]
+
+    def _computed_layers(self) -> dict[str, int]:
+        """Name and bins of the layers whose CDF depends on the candidate (more than one bin)."""
+        return {name: bins for name, _, bins in self.layers if bins > 1}
 
     def _factors(self, model, stack: int, inputs, targets):
         return stacked_kfac_factors(
-            model, inputs, targets, stack, self.loss_fn, self.fisher, self.seed
+            model,
+            inputs,
+            targets,
+            stack,
+            self.loss_fn,
+            self.fisher,
+            self.seed,
+            self._computed_layers(),
         )
 
     def _stack_size(self) -> int:
@@ -237,6 +259,7 @@ class FisherProbe:
                     self.loss_fn,
                     self.fisher,
                     self.seed,
+                    self._computed_layers(),
                 )
                 for e in STACK_CHECK
             ]
@@ -266,7 +289,6 @@ class FisherProbe:
     def _reference(self) -> None:
         """Builds the ``relu`` model once: the probed layers, the fingerprint, and the number of
         activation outputs of one pass."""
-        from optuna_aquasurf import ActivationFunction
 
         def count(module, args, output):
             self._elements += output.numel()
@@ -291,9 +313,13 @@ class FisherProbe:
 
 
 class _StackedActivation(nn.Module):
-    """Activation ``k`` of ``activations`` on part ``k`` of the first dimension, in equal parts."""
+    """Activation ``k`` of ``activations`` on part ``k`` of the first dimension, in equal parts.
 
-    def __init__(self, activations: list[nn.Module]):
+    Where the parts are equal and need no gradient (before the first probed layer, the copies of
+    the batch are alike), what the candidates' expressions share is computed once.
+    """
+
+    def __init__(self, activations: list[ActivationFunction]):
         super().__init__()
         self.activations = nn.ModuleList(activations)
 
@@ -304,13 +330,16 @@ class _StackedActivation(nn.Module):
                 f"{len(self.activations)} candidates along its first dimension"
             )
         parts = x.chunk(len(self.activations))
-        return torch.cat([act(part) for act, part in zip(self.activations, parts)])
+        if not x.requires_grad and all(torch.equal(parts[0], part) for part in parts[1:]):
+            memo = {}
+            outputs = [evaluate(act.tree, parts[0], memo) for act in self.activations]
+        else:
+            outputs = [act(part) for act, part in zip(self.activations, parts)]
+        return torch.cat(outputs)
 
 
 def _activation(expressions: list[str]) -> nn.Module:
     """The activation module of one candidate, or the stacked one of several."""
-    from optuna_aquasurf import ActivationFunction
-
     activations = [ActivationFunction(e) for e in expressions]
     return activations[0] if len(activations) == 1 else _StackedActivation(activations)
 
