@@ -11,6 +11,7 @@ Usage: ``python benchmarks/bench_fisher.py [--n 2918] [--n-resnet 20] [--threads
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 
 import torch
@@ -125,6 +126,8 @@ def main() -> None:
     inputs, targets = digits_batch(128)
     digits = expressions[: args.n]
     run("(a) digits CNN, batch 128", DigitsCNN, inputs, targets, digits, 2, steps=50, sampled=20)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"  peak memory of the process after (a): {peak:.0f} MiB")
 
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(32, 3, 64, 64, generator=generator)

@@ -285,6 +285,23 @@ def test_non_finite_loss_and_bad_arguments():
         kfac_eigenvalues(model, x, y[:, None])
 
 
+class _FailingLinear(nn.Linear):
+    def forward(self, x):
+        super().forward(x)
+        raise RuntimeError("the layer failed")
+
+
+def test_a_layer_that_raises_leaves_the_model_as_it_was():
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), _FailingLinear(5, 3))
+    model[0].weight.requires_grad_(False)
+    x, y = _data((4,), 3)
+    with pytest.raises(RuntimeError, match="the layer failed"):
+        kfac_eigenvalues(model, x, y)
+    assert torch._C._len_torch_function_stack() == 0  # the capture's function mode is off
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    assert [p.requires_grad for p in model.parameters()] == [False, True, True, True]
+
+
 def test_nothing_of_a_computation_stays_in_memory():
     """The factors' capture must not outlive the call (a cycle through autograd hooks would keep
     each candidate's whole graph alive: gigabytes over a search space)."""
