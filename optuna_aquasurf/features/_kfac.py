@@ -360,7 +360,8 @@ class _Layer:
 
 
 class _Capture(TorchFunctionMode):
-    """Records the factors of every Linear/Conv2d layer during one forward and backward pass.
+    """Records the factors of every Linear/Conv2d layer (or of those ``names`` names) during one
+    forward and backward pass.
 
     With ``stack`` candidates stacked along the batch dimension, each factor has ``stack`` times
     the blocks of one candidate, candidate-major.

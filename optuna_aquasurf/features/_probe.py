@@ -17,6 +17,7 @@ from optuna_aquasurf.features._kfac import (
     FISHER_TYPES,
     DivergedError,
     LayerFactors,
+    LayerSpectrum,
     decompose_stacked,
     kfac_factors,
     probed_layers,
@@ -194,25 +195,30 @@ class FisherProbe:
     def _rows(self, expressions: list[str], inputs, targets) -> list[np.ndarray | None]:
         """Features of candidates computed in one pass, None for those that diverge."""
         model = self._build(_activation(expressions))
-        factors = self._factors(model, len(expressions), inputs, targets)
+        candidates = decompose_stacked(self._factors(model, len(expressions), inputs, targets))
         computed = list(self._computed_layers())
-        candidates = decompose_stacked(factors)
-        finite = [c for c in candidates if not isinstance(c, DivergedError)]
+        finite = []
         for expression, spectra in zip(expressions, candidates):
-            names = computed if isinstance(spectra, DivergedError) else [s.name for s in spectra]
-            if names != computed:
+            if isinstance(spectra, DivergedError):
+                continue
+            if [s.name for s in spectra] != computed:
                 raise RuntimeError(
-                    f"candidate {expression!r} changed the probed layers: {names} instead "
-                    f"of {computed}"
+                    f"candidate {expression!r} changed the probed layers: "
+                    f"{[s.name for s in spectra]} instead of {computed}"
                 )
+            finite.append(spectra)
+        rows = iter(self._cdfs(finite))
+        return [None if isinstance(c, DivergedError) else next(rows) for c in candidates]
+
+    def _cdfs(self, candidates: list[list[LayerSpectrum]]) -> np.ndarray:
+        """The feature rows of candidates that did not diverge, a layer for all at once."""
         columns = np.cumsum([0] + [bins for _, _, bins in self.layers])
         position = {name: i for i, (name, _, _) in enumerate(self.layers)}
-        matrix = np.ones((len(finite), self.feature_length), dtype=np.float32)  # one bin: CDF 1
-        for spectra in zip(*finite):  # one layer, in every finite candidate
+        matrix = np.ones((len(candidates), self.feature_length), dtype=np.float32)  # one bin: 1
+        for spectra in zip(*candidates):  # one layer, in every candidate
             i = position[spectra[0].name]
             matrix[:, columns[i] : columns[i + 1]] = layer_cdfs(list(spectra), self.layers[i][2])
-        rows = iter(matrix)
-        return [None if isinstance(c, DivergedError) else next(rows) for c in candidates]
+        return matrix
 
     def _computed_layers(self) -> dict[str, int]:
         """Name and bins of the layers whose CDF depends on the candidate (more than one bin)."""
