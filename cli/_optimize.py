@@ -23,6 +23,7 @@ from optuna_aquasurf.cli._objective import (
 )
 from optuna_aquasurf.cli._progress import SearchProgress
 from optuna_aquasurf.cli._storage import masked, open_storage
+from optuna_aquasurf.cli._tracking_storage import last_started
 from optuna_aquasurf.cli._trials import LOST_CONNECTION, count_finished, pending_reruns
 from optuna_aquasurf.cli._userfile import UserFile, load_user_file, user_traceback
 
@@ -220,7 +221,9 @@ def _search(study, user, device, settings: SearchSettings, progress) -> None:
                 lost = lost_connection(error)
                 if lost is None:
                     raise
-                _reconnect(study, objective.trial_id, lost, settings.storage_url)
+                # the objective's trial, or one started after it that never reached the objective
+                left_running = {objective.trial_id, last_started(study)}
+                _reconnect(study, left_running - {None}, lost, settings.storage_url)
                 finished = count_finished(study.get_trials(deepcopy=False))
                 if finished >= n_trials:
                     break
@@ -233,9 +236,9 @@ def _search(study, user, device, settings: SearchSettings, progress) -> None:
         raise KeyboardInterrupt
 
 
-def _reconnect(study: optuna.Study, trial_id: int | None, error: SQLAlchemyError, url: str) -> None:
-    """Wait for the database to answer again (``RECONNECT_DELAYS``), then queue the trial that
-    the lost connection ``error`` interrupted to run again.
+def _reconnect(study: optuna.Study, trial_ids: set[int], error: SQLAlchemyError, url: str) -> None:
+    """Wait for the database to answer again (``RECONNECT_DELAYS``), then fail the trials among
+    ``trial_ids`` that the lost connection ``error`` left running, and queue them to run again.
 
     Raises
     ------
@@ -250,7 +253,7 @@ def _reconnect(study: optuna.Study, trial_id: int | None, error: SQLAlchemyError
         )
         time.sleep(delay)
         try:
-            if trial_id is not None:
+            for trial_id in sorted(trial_ids):
                 _fail_lost_trial(study, trial_id)
             _run_again(study, study.get_trials(deepcopy=False))
             err_console.print("Connection to the database restored.")

@@ -34,7 +34,8 @@ def open_storage(
     grace_period: int | None = None,
     max_retry: int | None = None,
 ):
-    """An :class:`optuna.storages.RDBStorage` for ``url`` (SQLite with a connect timeout).
+    """A :class:`~optuna_aquasurf.cli._tracking_storage.TrackingStorage` (an
+    :class:`optuna.storages.RDBStorage`) for ``url``, SQLite with a connect timeout.
 
     Parameters
     ----------
@@ -54,8 +55,10 @@ def open_storage(
     """
     import sqlalchemy.exc
     from optuna.exceptions import ExperimentalWarning
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
     from sqlalchemy.engine import make_url
+
+    from optuna_aquasurf.cli._tracking_storage import TrackingStorage
 
     shown = masked(url)
     try:
@@ -79,7 +82,7 @@ def open_storage(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
             callback = RetryHeartbeatStaleTrialCallback(max_retry) if heartbeat_interval else None
-            return RDBStorage(
+            return TrackingStorage(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_interval,

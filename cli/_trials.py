@@ -28,12 +28,14 @@ def counts_toward_target(trial: FrozenTrial) -> bool:
 
     Completed and pruned trials do; failed ones when the failure is the function's (diverged,
     out of memory) or a rerun failed again. Trials to run again, killed trials (their retry
-    counts instead), running and waiting ones do not.
+    counts instead), interrupted ones and ones lost with the connection before they had an
+    activation, running and waiting ones do not.
     """
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
-    failed = trial.state == TrialState.FAIL and "fail_reason" in trial.user_attrs
-    return failed and not to_run_again(trial)
+    reason = trial.user_attrs.get("fail_reason")
+    failed = trial.state == TrialState.FAIL and reason is not None
+    return failed and reason not in (INTERRUPTED, LOST_CONNECTION) and not to_run_again(trial)
 
 
 def count_finished(trials: list[FrozenTrial]) -> int:

@@ -26,7 +26,8 @@ from optuna_aquasurf.cli import _optimize
 from optuna_aquasurf.cli._console import UserError
 from optuna_aquasurf.cli._optimize import build_sampler
 from optuna_aquasurf.cli._storage import open_storage
-from optuna_aquasurf.cli._trials import count_finished
+from optuna_aquasurf.cli._tracking_storage import last_started
+from optuna_aquasurf.cli._trials import count_finished, pending_reruns
 from optuna_aquasurf.cli._userfile import load_user_file
 from tests._maps import computed_map, store_map
 
@@ -218,9 +219,30 @@ def test_a_database_that_stays_away_stops_the_worker_with_a_clear_message(
         with pytest.raises(Exception) as lost:
             study.get_trials()
         with pytest.raises(UserError, match="could not reconnect in 0.3 s") as raised:
-            _optimize._reconnect(study, None, lost_connection(lost.value), url)
+            _optimize._reconnect(study, set(), lost_connection(lost.value), url)
     message = str(raised.value)
     assert "run the same command to resume" in message and "secret-pw" not in message
+
+
+def test_a_trial_lost_before_its_objective_is_failed_and_not_counted(tmp_path, monkeypatch):
+    """The connection can drop while Optuna reads back a trial it just created: the worker
+    fails that trial too, and it counts neither toward --n-trials nor as a rerun."""
+    monkeypatch.setattr(_optimize, "RECONNECT_DELAYS", (0.1,))
+    url = f"sqlite:///{tmp_path / 'lost.db'}"
+    study = optuna.create_study(storage=open_storage(url))
+    done = study.ask()
+    done.set_user_attr("activation", "relu(x)")
+    study.tell(done, 0.5)
+    study.enqueue_trial({})  # waits: not started by this process
+    assert last_started(study) == done._trial_id
+    orphan = study.ask()  # takes the waiting trial
+    assert last_started(study) == orphan._trial_id
+    lost = sa.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+    _optimize._reconnect(study, {done._trial_id, last_started(study)}, lost, url)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert trials[1].user_attrs["fail_reason"] == "lost connection"
+    assert count_finished(trials) == 1 and not pending_reruns(trials)
 
 
 def test_each_worker_gets_one_visible_gpu_in_turn_or_a_share_of_the_cores(monkeypatch):
