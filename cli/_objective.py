@@ -83,8 +83,6 @@ class Objective:
         Set by Ctrl-C (see :func:`stop_on_interrupt`).
     interrupted_trial
         The number of the trial that Ctrl-C interrupted, if any.
-    trial_id
-        The storage id of the trial running now or last.
     """
 
     def __init__(
@@ -101,13 +99,11 @@ class Objective:
         self.running = False
         self.interrupted = False
         self.interrupted_trial: int | None = None
-        self.trial_id: int | None = None
         self._first_reasons: list[str | None] = []
         self._shown: set[str] = set()
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.running = True
-        self.trial_id = trial._trial_id
         started = time.perf_counter()
         try:
             if self.interrupted:

@@ -221,9 +221,8 @@ def _search(study, user, device, settings: SearchSettings, progress) -> None:
                 lost = lost_connection(error)
                 if lost is None:
                     raise
-                # the objective's trial, or one started after it that never reached the objective
-                left_running = {objective.trial_id, last_started(study)}
-                _reconnect(study, left_running - {None}, lost, settings.storage_url)
+                # the trial started last: the objective's, or one lost before reaching it
+                _reconnect(study, last_started(study), lost, settings.storage_url)
                 finished = count_finished(study.get_trials(deepcopy=False))
                 if finished >= n_trials:
                     break
@@ -236,9 +235,9 @@ def _search(study, user, device, settings: SearchSettings, progress) -> None:
         raise KeyboardInterrupt
 
 
-def _reconnect(study: optuna.Study, trial_ids: set[int], error: SQLAlchemyError, url: str) -> None:
-    """Wait for the database to answer again (``RECONNECT_DELAYS``), then fail the trials among
-    ``trial_ids`` that the lost connection ``error`` left running, and queue them to run again.
+def _reconnect(study: optuna.Study, trial_id: int | None, error: SQLAlchemyError, url: str) -> None:
+    """Wait for the database to answer again (``RECONNECT_DELAYS``), then fail the trial that
+    the lost connection ``error`` left running (``trial_id``, if so) and queue it to run again.
 
     Raises
     ------
@@ -253,7 +252,7 @@ def _reconnect(study: optuna.Study, trial_ids: set[int], error: SQLAlchemyError,
         )
         time.sleep(delay)
         try:
-            for trial_id in sorted(trial_ids):
+            if trial_id is not None:
                 _fail_lost_trial(study, trial_id)
             _run_again(study, study.get_trials(deepcopy=False))
             err_console.print("Connection to the database restored.")

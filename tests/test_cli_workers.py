@@ -219,7 +219,7 @@ def test_a_database_that_stays_away_stops_the_worker_with_a_clear_message(
         with pytest.raises(Exception) as lost:
             study.get_trials()
         with pytest.raises(UserError, match="could not reconnect in 0.3 s") as raised:
-            _optimize._reconnect(study, set(), lost_connection(lost.value), url)
+            _optimize._reconnect(study, None, lost_connection(lost.value), url)
     message = str(raised.value)
     assert "run the same command to resume" in message and "secret-pw" not in message
 
@@ -238,7 +238,7 @@ def test_a_trial_lost_before_its_objective_is_failed_and_not_counted(tmp_path, m
     orphan = study.ask()  # takes the waiting trial
     assert last_started(study) == orphan._trial_id
     lost = sa.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection"))
-    _optimize._reconnect(study, {done._trial_id, last_started(study)}, lost, url)
+    _optimize._reconnect(study, last_started(study), lost, url)
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
     assert trials[1].user_attrs["fail_reason"] == "lost connection"

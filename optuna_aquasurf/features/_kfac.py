@@ -377,7 +377,7 @@ class _Capture(TorchFunctionMode):
                 if isinstance(module, cls) and (names is None or name in names):
                     self.layers[module] = _Layer(name, module, call)
         self.stack: list[_Layer] = []
-        self.gradient_wrt: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
+        self.gradient_wrt: list[tuple[torch.Tensor, int, torch.Tensor]] = []
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
         self.requires_grad: dict[torch.nn.Parameter, bool] = {}
         self.grad_mode = torch.enable_grad()
@@ -456,7 +456,7 @@ class _Capture(TorchFunctionMode):
             # should an in-place operation change ``out`` before the backward pass, a gradient
             # with respect to the layer's input (or its weight) still passes through the hook
             fallback = x if x.requires_grad else weight
-            self.gradient_wrt[id(out)] = (out, out._version, fallback)
+            self.gradient_wrt.append((out, out._version, fallback))
 
     def _gradient_hook(self, layer: _Layer):
         def hook(grad: torch.Tensor) -> None:
@@ -484,7 +484,7 @@ class _Capture(TorchFunctionMode):
         tensor the hook is on; its layer's input (or weight) takes its place.
         """
         tensors = {}
-        for out, version, fallback in self.gradient_wrt.values():
+        for out, version, fallback in self.gradient_wrt:
             tensor = out if out._version == version else fallback
             tensors[id(tensor)] = tensor
         return [t for t in tensors.values() if t.requires_grad]
