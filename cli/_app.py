@@ -192,10 +192,17 @@ def top(
 @app.command()
 @_command
 def plot(
-    file: Annotated[Path, typer.Argument(help="The model file of the search.")],
+    file: Annotated[
+        Path | None,
+        typer.Argument(help="The model file of the search; needed only if its map is missing."),
+    ] = None,
     storage: Storage = DEFAULT_STORAGE,
     study: Annotated[
-        str | None, typer.Option("--study", help="Study name; default: the file's name (stem).")
+        str | None,
+        typer.Option(
+            "--study",
+            help="Study name; default: the file's name (stem), or the only study in the storage.",
+        ),
     ] = None,
     out: Annotated[Path, typer.Option(help="Folder of the plots.")] = Path("aquasurf_plots"),
     device: Annotated[str, typer.Option(help="Where the map is computed if missing.")] = "auto",
@@ -203,23 +210,29 @@ def plot(
     """Plot the map of the space and the best-so-far curve (PNG and interactive HTML).
 
     The map shows every function of the space, coloured by its predicted score, and the
-    trained ones, coloured by their measured score. FILE is needed because the map depends on
-    your model (its Fisher features).
+    trained ones, coloured by their measured score. The map stored with the study is used;
+    FILE is needed only to compute a map that is not stored yet (it depends on your model).
     """
     import optuna
 
-    from optuna_aquasurf.cli._objective import resolve_device
-    from optuna_aquasurf.cli._optimize import build_sampler
     from optuna_aquasurf.cli._plot import write_plots
     from optuna_aquasurf.cli._storage import load_study
-    from optuna_aquasurf.cli._userfile import load_user_file
-    from optuna_aquasurf.cli._views import SETTINGS_ATTR
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    user = load_user_file(file)
-    loaded = load_study(storage, study or file.stem)
-    seed = loaded.user_attrs.get(SETTINGS_ATTR, {}).get("seed", 0)
-    sampler = build_sampler(user, seed, resolve_device(device))
+    loaded = load_study(storage, study or (file.stem if file else None))
+    if file is None:
+        from optuna_aquasurf.cli._views import stored_map_sampler
+
+        sampler = stored_map_sampler(loaded)
+    else:
+        from optuna_aquasurf.cli._objective import resolve_device
+        from optuna_aquasurf.cli._optimize import build_sampler
+        from optuna_aquasurf.cli._userfile import load_user_file
+        from optuna_aquasurf.cli._views import SETTINGS_ATTR
+
+        user = load_user_file(file)
+        seed = loaded.user_attrs.get(SETTINGS_ATTR, {}).get("seed", 0)
+        sampler = build_sampler(user, seed, resolve_device(device))
     with err_console.status("Map of the space (computed if missing) and plots..."):
         paths = write_plots(loaded, sampler, out)
     for path in paths:

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
 import signal
-import socket
 import time
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -20,7 +19,7 @@ import torch
 from optuna.distributions import FloatDistribution, IntDistribution
 from torch import nn
 
-from optuna_aquasurf import suggest_activation
+from optuna_aquasurf import SpaceExhaustedError, suggest_activation
 from optuna_aquasurf._store import lost_connection
 from optuna_aquasurf.cli._console import UserError, err_console
 from optuna_aquasurf.cli._trainer import Diverged, fit
@@ -35,6 +34,10 @@ REASON_LENGTH = 500
 
 class RepeatedFailure(UserError):
     """The first trials of a run all failed the same way: the user's code is broken."""
+
+
+class MapFailure(UserError):
+    """The map of the space, needed to choose a function, could not be computed."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -72,6 +75,9 @@ class Objective:
     seed
         Each trial seeds ``random``, numpy and torch with ``seed + trial.number`` (a retried
         trial with the seed of the trial it retries), recorded in its user attribute ``seed``.
+    on_choose
+        Called with the trial number before its activation is chosen (which may wait for the
+        map of the space).
     on_start
         Called with the trial number and its expression once the activation is chosen.
 
@@ -90,21 +96,24 @@ class Objective:
         user: UserFile,
         device: torch.device,
         seed: int,
+        on_choose: Callable[[int], None],
         on_start: Callable[[int, str], None],
     ):
         self.user = user
         self.device = device
         self.seed = seed
+        self.on_choose = on_choose
         self.on_start = on_start
         self.running = False
         self.interrupted = False
         self.interrupted_trial: int | None = None
         self._first_reasons: list[str | None] = []
         self._shown: set[str] = set()
+        self._started = 0.0  # when the running trial started, or got its activation
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.running = True
-        started = time.perf_counter()
+        self._started = time.perf_counter()
         try:
             if self.interrupted:
                 raise KeyboardInterrupt
@@ -120,17 +129,17 @@ class Objective:
             raise
         finally:
             self.running = False
-            trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
+            trial.set_user_attr("seconds", round(time.perf_counter() - self._started, 3))
 
     def _run(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("device", str(self.device))
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         seed = trial.user_attrs.get("seed", self.seed + trial.number)  # a retry keeps its seed
         trial.set_user_attr("seed", seed)
         random.seed(seed)
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
-        activation = suggest_activation(trial)
+        activation = self._choose(trial)
+        self._started = time.perf_counter()  # the trial's seconds leave out a wait for the map
         self.on_start(trial.number, activation.expression)
         for name, distribution in self.user.search.items():
             _suggest(trial, name, distribution)
@@ -159,6 +168,22 @@ class Objective:
             return math.nan  # optuna records a NaN as FAIL
         self._note_outcome(None)
         return score
+
+    def _choose(self, trial: optuna.Trial):
+        """The trial's activation; errors computing the map stop the search with their cause."""
+        self.on_choose(trial.number)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # UMAP's and scikit-learn's notes on the layout
+                return suggest_activation(trial)
+        except SpaceExhaustedError:
+            raise
+        except Exception as error:
+            if lost_connection(error) is not None:
+                raise
+            raise MapFailure(
+                f"Computing the map of the space failed:\n{user_traceback(error)}"
+            ) from None
 
     def _train(self, trial: optuna.Trial, activation: nn.Module) -> float:
         model = self.user.build(activation)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from optuna_aquasurf import AquaSurfSampler, SpaceExhaustedError
 from optuna_aquasurf._store import lost_connection
 from optuna_aquasurf.cli import _views
 from optuna_aquasurf.cli._console import UserError, console, err_console
+from optuna_aquasurf.cli._dead_workers import fail_trials_of_dead_workers
+from optuna_aquasurf.cli._map_process import BackgroundMap
 from optuna_aquasurf.cli._objective import (
     Objective,
     resolve_device,
@@ -25,7 +26,7 @@ from optuna_aquasurf.cli._progress import SearchProgress
 from optuna_aquasurf.cli._storage import masked, open_storage
 from optuna_aquasurf.cli._tracking_storage import last_started
 from optuna_aquasurf.cli._trials import LOST_CONNECTION, count_finished, pending_reruns
-from optuna_aquasurf.cli._userfile import UserFile, load_user_file, user_traceback
+from optuna_aquasurf.cli._userfile import SwappedModel, UserFile, load_user_file, user_traceback
 
 #: Rows of the table shown at the end.
 TOP_ROWS = 10
@@ -49,6 +50,29 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
 def build_sampler(user: UserFile, seed: int, device) -> AquaSurfSampler:
     """The sampler of the model file: its SPACE, a Fisher probe with ``fisher_batch()``."""
     return AquaSurfSampler(space=user.search_space(), probe=user.probe(seed, device), seed=seed)
+
+
+def find_sites(user: UserFile) -> None:
+    """Find the activation sites of a ``model()`` file now, so that a problem shows at once.
+
+    Raises
+    ------
+    UserError
+        When ``model()`` or its forward pass on the example input fails.
+    """
+    if not isinstance(user.build, SwappedModel):
+        return
+    try:
+        report = user.build.sites().report
+    except UserError:
+        raise
+    except Exception as error:
+        raise UserError(
+            f"Finding the activations of model() in {user.path} with a forward pass of "
+            f"{user.example_source} failed:\n{user_traceback(error)}"
+        ) from None
+    counts = ", ".join(f"{n} {action}" for action, n in report.counts.items() if n)
+    err_console.print(f"Activations of model(): {counts or 'none found'}.")
 
 
 @dataclass(frozen=True)
@@ -77,6 +101,7 @@ def open_study(path: Path, settings: SearchSettings) -> tuple[UserFile, optuna.S
     """
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     user = load_user_file(path)
+    find_sites(user)
     torch_device = resolve_device(settings.device)
     storage = open_storage(
         settings.storage_url,
@@ -99,9 +124,29 @@ def open_study(path: Path, settings: SearchSettings) -> tuple[UserFile, optuna.S
             "choose another --study name."
         )
     study.set_user_attr(
-        _views.SETTINGS_ATTR, {"file": str(path), "space": user.space, "seed": settings.seed}
+        _views.SETTINGS_ATTR,
+        {
+            "file": str(path),
+            "space": user.space,
+            "seed": settings.seed,
+            "map": _map_key(study),
+        },
     )
     return user, study
+
+
+def _map_key(study: optuna.Study) -> str:
+    """The key of the study's map, which builds the model of the Fisher probe once.
+
+    Raises
+    ------
+    UserError
+        When building the model fails.
+    """
+    try:
+        return study.sampler.map_key
+    except Exception as error:
+        raise UserError(f"Computing the map failed:\n{user_traceback(error)}") from None
 
 
 def describe(study: optuna.Study, user: UserFile, settings: SearchSettings, where: str) -> int:
@@ -152,10 +197,14 @@ def optimize(path: Path, settings: SearchSettings, worker: str | None = None) ->
     else:
         done = count_finished(study.get_trials(deepcopy=False))
     if done < settings.n_trials:
+        fail_trials_of_dead_workers(study, _enqueue_rerun)
         _run_again(study, study.get_trials(deepcopy=False))
-        _prepare_map(study, fisher=user.fisher_batch is not None)
         progress = SearchProgress(err_console, settings.n_trials, done, worker)
-        _search(study, user, torch_device, settings, progress)
+        if worker is None:
+            with BackgroundMap(study, path, settings) as background:
+                _search(study, user, torch_device, settings, progress, background.poll)
+        else:  # the process that started the workers computes the map
+            _search(study, user, torch_device, settings, progress)
     if worker is None:
         print_top(study, path)
 
@@ -175,32 +224,19 @@ def _enqueue_rerun(study: optuna.Study, trial: FrozenTrial) -> None:
     study.enqueue_trial(trial.params, user_attrs={**kept, "rerun_of": trial.number})
 
 
-def _prepare_map(study: optuna.Study, fisher: bool) -> None:
-    """Compute (or load) the map of the space before the trials, with its own status line.
-
-    Workers of one study share the work: see :meth:`AquaSurfSampler.embedding`.
-    """
-    started = time.perf_counter()
-    what = "Fisher features of your model, then UMAP" if fisher else "UMAP"
-    space = study.sampler.space
-    status = f"Map of the {len(space):,} functions ({what}; computed once, then stored)..."
-    with err_console.status(status), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # UMAP's and scikit-learn's notes on the layout
-        try:
-            study.sampler.embedding(study)
-        except Exception as error:  # most likely in the model file's build_model or model
-            raise UserError(f"Computing the map failed:\n{user_traceback(error)}") from None
-    err_console.print(f"Map of the space ready ({time.perf_counter() - started:.1f} s).")
-
-
-def _search(study, user, device, settings: SearchSettings, progress) -> None:
-    """Run trials until the study has ``n_trials`` finished ones, through lost connections."""
+def _search(study, user, device, settings: SearchSettings, progress, after=None) -> None:
+    """Run trials until the study has ``n_trials`` finished ones, through lost connections;
+    ``after()`` is called after each trial."""
     n_trials, timeout = settings.n_trials, settings.timeout
     deadline = None if timeout is None else time.monotonic() + timeout
     with progress:
-        objective = Objective(user, device, settings.seed, on_start=progress.started)
+        objective = Objective(
+            user, device, settings.seed, on_choose=progress.choosing, on_start=progress.started
+        )
 
         def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+            if after is not None:
+                after()
             finished = count_finished(study.get_trials(deepcopy=False))
             progress.finished(trial, finished, _views.best_trial(study))
             if finished >= n_trials:

@@ -25,8 +25,8 @@ _STATES = {
 class SearchProgress:
     """A progress bar over the finished trials, and one line per finished trial above it.
 
-    Use as a context manager; call :meth:`started` when a trial has its activation and
-    :meth:`finished` after each trial.
+    Use as a context manager; call :meth:`choosing` when a trial starts, :meth:`started` when
+    it has its activation and :meth:`finished` after each trial.
 
     Parameters
     ----------
@@ -61,6 +61,11 @@ class SearchProgress:
 
     def __exit__(self, *exc_info) -> None:
         self._progress.stop()
+
+    def choosing(self, number: int) -> None:
+        """Show the trial whose function is being chosen (the first surrogate pick may wait for
+        the map of the space)."""
+        self._progress.update(self._task, description=f"trial {number}: choosing a function")
 
     def started(self, number: int, expression: str) -> None:
         """Show the trial that is training now."""

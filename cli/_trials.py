@@ -1,26 +1,41 @@
 """What a finished trial's record means for the search: does it count, does it run again.
 
 Trials of ``aquasurf optimize`` record the user attributes ``activation``, ``device``,
-``worker`` (host:process), ``seed``, ``seconds`` and, when they fail, ``fail_reason``:
+``worker`` (host:process, recorded by the storage as the trial starts), ``seed``, ``seconds``
+and, when they fail, ``fail_reason``:
 
 - ``"interrupted"``: Ctrl-C; runs again when the study resumes.
 - ``"lost connection"``: the connection to the database was lost during the trial; runs again
   once the worker has reconnected.
+- ``"process died"``: the trial's process ended without a trace (``kill -9``, a crash); the next
+  run on its host fails it at once. Runs again if it had an activation, unless it was a rerun
+  already (a function whose process gets killed, by the system's out-of-memory killer say, is
+  not tried forever); never counts toward ``--n-trials``.
 - ``"error: <type>: <message>"``: the user's code raised; runs again once when the study resumes
   (after a fix), unless the trial was such a rerun already.
 - ``"diverged: <what>"``: a loss, output or score that is not finite.
 - ``"out of memory: <message>"``: CUDA ran out of memory.
 
 A rerun records ``rerun_of``, the number of the trial it runs again. A trial killed without a
-trace (no ``fail_reason``) is failed by its missing heartbeat and retried by Optuna.
+trace on another host (no ``fail_reason``) is failed by its missing heartbeat and retried by
+Optuna.
 """
 
 from __future__ import annotations
+
+import os
+import socket
 
 from optuna.trial import FrozenTrial, TrialState
 
 INTERRUPTED = "interrupted"
 LOST_CONNECTION = "lost connection"
+PROCESS_DIED = "process died"
+
+
+def worker_label() -> str:
+    """This process as a trial's user attribute ``worker`` names it: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def counts_toward_target(trial: FrozenTrial) -> bool:
@@ -28,14 +43,15 @@ def counts_toward_target(trial: FrozenTrial) -> bool:
 
     Completed and pruned trials do; failed ones when the failure is the function's (diverged,
     out of memory) or a rerun failed again. Trials to run again, killed trials (their retry
-    counts instead), interrupted ones and ones lost with the connection before they had an
-    activation, running and waiting ones do not.
+    counts instead), interrupted ones, ones lost with the connection or with their process before
+    they had an activation, running and waiting ones do not.
     """
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     reason = trial.user_attrs.get("fail_reason")
     failed = trial.state == TrialState.FAIL and reason is not None
-    return failed and reason not in (INTERRUPTED, LOST_CONNECTION) and not to_run_again(trial)
+    not_counted = (INTERRUPTED, LOST_CONNECTION, PROCESS_DIED)
+    return failed and reason not in not_counted and not to_run_again(trial)
 
 
 def count_finished(trials: list[FrozenTrial]) -> int:
@@ -48,9 +64,8 @@ def to_run_again(trial: FrozenTrial) -> bool:
     reason = trial.user_attrs.get("fail_reason", "")
     if trial.state != TrialState.FAIL or "activation" not in trial.user_attrs:
         return False
-    return reason in (INTERRUPTED, LOST_CONNECTION) or (
-        reason.startswith("error:") and "rerun_of" not in trial.user_attrs
-    )
+    once = reason.startswith("error:") or reason == PROCESS_DIED
+    return reason in (INTERRUPTED, LOST_CONNECTION) or (once and "rerun_of" not in trial.user_attrs)
 
 
 def pending_reruns(trials: list[FrozenTrial]) -> list[FrozenTrial]:

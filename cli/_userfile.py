@@ -6,6 +6,7 @@ import functools
 import importlib.util
 import re
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ A model file for `aquasurf optimize` defines
   build_model(activation) -> nn.Module    your network with `activation` (an nn.Module) at its
                                           activation sites,
     or model() -> nn.Module               any model (timm, torchvision...); its activations are
-                                          replaced each trial (optuna_aquasurf.integrations);
+                                          replaced each trial (optuna_aquasurf.integrations),
+                                          found once with the inputs of fisher_batch() or data();
   train(model, trial, device) -> float    trains the model (already on `device`) and returns its
                                           validation score; may call trial.report/should_prune,
     or data() -> (train_loader, val_loader)   batches of (inputs, class labels) for the built-in
@@ -50,9 +52,10 @@ class UserFile:
     ----------
     path
         The file.
-    build
-        ``build(activation) -> nn.Module``: the file's ``build_model``, or its ``model()`` with
-        the activations swapped.
+    build_model
+        The file's ``build_model(activation)``, or None.
+    model
+        The file's ``model()``, or None.
     train
         The file's ``train(model, trial, device)``, or None for the built-in trainer.
     data
@@ -70,7 +73,8 @@ class UserFile:
     """
 
     path: Path
-    build: Callable[[Any], Any]
+    build_model: Callable[[Any], Any] | None
+    model: Callable[[], Any] | None
     train: Callable[..., Any] | None
     data: Callable[[], Any] | None
     fisher_batch: Callable[[], Any] | None
@@ -80,14 +84,49 @@ class UserFile:
     trainer: dict[str, float]
 
     @functools.cached_property
+    def build(self) -> Callable[[Any], Any]:
+        """``build(activation) -> nn.Module``: ``build_model``, or ``model()`` with its
+        activations swapped (:class:`SwappedModel`, sites found with :meth:`example_input`)."""
+        if self.build_model is not None:
+            return self.build_model
+        return SwappedModel(self.model, self.example_input)
+
+    @functools.cached_property
+    def fisher_data(self) -> tuple[Any, Any]:
+        """``fisher_batch()``, called once: (inputs, targets)."""
+        return _pair(self.fisher_batch(), "fisher_batch() must return (inputs, targets)")
+
+    @property
+    def example_source(self) -> str:
+        """Where :meth:`example_input` comes from, for messages."""
+        if self.fisher_batch is not None:
+            return "fisher_batch()'s inputs"
+        return "the first batch of data()"
+
+    def example_input(self) -> tuple[Any, ...]:
+        """Two examples of the model's input, as a tuple of ``forward`` arguments: from
+        ``fisher_batch()``, else from the first training batch of ``data()``.
+
+        Raises
+        ------
+        UserError
+            When neither gives an input batch.
+        """
+        try:
+            if self.fisher_batch is not None:
+                inputs = self.fisher_data[0]
+            else:
+                inputs = next(iter(self.loaders[0]))[0]
+            example = tuple(inputs) if isinstance(inputs, tuple | list) else (inputs,)
+            return tuple(x[:2] if hasattr(x, "shape") and x.ndim else x for x in example)
+        except Exception as error:
+            message = f"{self.example_source} in {self.path} gave no input batch for model():\n"
+            raise UserError(message + user_traceback(error)) from None
+
+    @functools.cached_property
     def loaders(self) -> tuple[Any, Any]:
         """``data()``, called once: (train_loader, val_loader)."""
-        loaders = self.data()
-        if not (isinstance(loaders, tuple | list) and len(loaders) == 2):
-            raise TypeError(
-                f"data() must return (train_loader, val_loader), got {type(loaders).__name__}"
-            )
-        return tuple(loaders)
+        return _pair(self.data(), "data() must return (train_loader, val_loader)")
 
     def search_space(self):
         """The :class:`~optuna_aquasurf.SearchSpace` of ``SPACE``, or None for the default.
@@ -114,7 +153,7 @@ class UserFile:
         from optuna_aquasurf.features import FisherProbe
 
         try:
-            inputs, targets = self.fisher_batch()
+            inputs, targets = self.fisher_data
             return FisherProbe(
                 self.build, inputs, targets, seed=seed, device=device, progress=False
             )
@@ -153,6 +192,12 @@ def load_user_file(path: Path) -> UserFile:
         missing.append("train(model, trial, device) or data()")
     if missing:
         raise UserError(f"{path} does not define {' nor '.join(missing)}.\n\n{CONTRACT}")
+    if functions["build_model"] is None and not (functions["fisher_batch"] or functions["data"]):
+        raise UserError(
+            f"{path} defines model() but neither fisher_batch() nor data(): aquasurf finds the "
+            "activations of model() with a forward pass of your own inputs, from one of them."
+            f"\n\n{CONTRACT}"
+        )
     direction = getattr(module, "DIRECTION", "maximize")
     if direction not in ("maximize", "minimize"):
         raise UserError(f"DIRECTION in {path} must be 'maximize' or 'minimize', not {direction!r}.")
@@ -161,10 +206,10 @@ def load_user_file(path: Path) -> UserFile:
             f"{path} sets DIRECTION = 'minimize' but has no train(): the built-in trainer "
             "measures validation accuracy (maximize). Define train() to minimize your own score."
         )
-    build = functions["build_model"] or functools.partial(swapped_model, functions["model"])
     return UserFile(
         path=path,
-        build=build,
+        build_model=functions["build_model"],
+        model=functions["model"],
         train=functions["train"],
         data=functions["data"],
         fisher_batch=functions["fisher_batch"],
@@ -175,12 +220,51 @@ def load_user_file(path: Path) -> UserFile:
     )
 
 
-def swapped_model(model: Callable[[], Any], activation):
-    """``model()`` with ``activation`` at its main activation sites."""
-    from optuna_aquasurf.integrations import swap_activations
+class SwappedModel:
+    """``model()`` with the given activation at its main activation sites.
 
-    swapped, _ = swap_activations(model(), activation, inplace=True)
-    return swapped
+    The sites are found once, at the first call, with a plain activation in place and one
+    forward pass of ``example_input()``
+    (:func:`~optuna_aquasurf.integrations.find_activation_sites`); every later model reuses them
+    without a forward pass, whatever activation it gets (a stack of candidates included).
+
+    Parameters
+    ----------
+    model
+        The file's ``model()``.
+    example_input
+        Returns the arguments of one forward pass (a tuple).
+    """
+
+    def __init__(self, model: Callable[[], Any], example_input: Callable[[], tuple]):
+        self.model = model
+        self.example_input = example_input
+        self._sites = None
+        self._lock = threading.Lock()
+
+    def __call__(self, activation):
+        built = self._built()
+        swapped, _ = self.sites(built).apply(built, activation, inplace=True)
+        return swapped
+
+    def sites(self, built=None):
+        """The :class:`~optuna_aquasurf.integrations.ActivationSites` of ``model()``, found in
+        ``built`` (a new ``model()`` if None) the first time."""
+        from optuna_aquasurf.integrations import find_activation_sites
+
+        with self._lock:
+            if self._sites is None:
+                built = self._built() if built is None else built
+                self._sites = find_activation_sites(built, example_input=self.example_input())
+            return self._sites
+
+    def _built(self):
+        from torch import nn
+
+        built = self.model()
+        if not isinstance(built, nn.Module):
+            raise TypeError(f"model() returned {type(built).__name__}, not an nn.Module")
+        return built
 
 
 def user_traceback(error: BaseException) -> str:
@@ -190,6 +274,13 @@ def user_traceback(error: BaseException) -> str:
     lines = ["Traceback (most recent call last):\n", *traceback.format_list(kept or frames)]
     lines += traceback.format_exception_only(type(error), error)
     return "".join(lines).rstrip()
+
+
+def _pair(value: Any, requirement: str) -> tuple[Any, Any]:
+    """``value`` as a tuple of two; TypeError saying ``requirement`` otherwise."""
+    if not (isinstance(value, tuple | list) and len(value) == 2):
+        raise TypeError(f"{requirement}, got {type(value).__name__}")
+    return tuple(value)
 
 
 def _import(path: Path) -> ModuleType:

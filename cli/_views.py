@@ -97,6 +97,33 @@ def study_space(study: optuna.Study):
         return None
 
 
+def stored_map_sampler(study: optuna.Study):
+    """An :class:`~optuna_aquasurf.AquaSurfSampler` of the study's space with the map stored
+    with it: what ``aquasurf plot`` needs, without the model file.
+
+    Raises
+    ------
+    UserError
+        When the study records no map, its space cannot be rebuilt, or the map is not stored.
+    """
+    from optuna_aquasurf import AquaSurfSampler
+
+    settings = study.user_attrs.get(SETTINGS_ATTR) or {}
+    space = study_space(study)
+    if "map" not in settings or space is None:
+        raise UserError(
+            f"Study {study.study_name!r} does not record its map (an older study, or operators "
+            "of the model file): give the model file, `aquasurf plot FILE`."
+        )
+    sampler = AquaSurfSampler(space, seed=settings.get("seed", 0), map_key=settings["map"])
+    if not sampler.has_embedding(study):
+        raise UserError(
+            f"The map of study {study.study_name!r} is not stored yet: give the model file, "
+            "`aquasurf plot FILE`, to compute it."
+        )
+    return sampler
+
+
 def print_json(data: Any) -> None:
     """``data`` as indented JSON on stdout (no colours, no wrapping)."""
     print(json.dumps(data, indent=2))

@@ -2,7 +2,8 @@
 
 Each worker is an ``aquasurf optimize`` process of its own. They share the study through its
 database: the sampler's claims keep them on different functions, and they split the Fisher
-features of the map between them. The storage URL reaches them in the environment variable
+features of the map with the map process that this process starts (:class:`BackgroundMap`).
+The storage URL reaches them in the environment variable
 ``AQUASURF_STORAGE``, so that its password never shows in the process list.
 """
 
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 from optuna_aquasurf.cli._console import UserError, err_console
+from optuna_aquasurf.cli._map_process import BackgroundMap
 from optuna_aquasurf.cli._optimize import SearchSettings, describe, open_study, print_top
 
 #: The environment variable that gives every command its ``--storage``.
@@ -69,14 +71,15 @@ def optimize_with_workers(path: Path, workers: int, settings: SearchSettings) ->
         for name, value in options.items():
             if value is not None:
                 command += [f"--{name.replace('_', '-')}", str(value)]
-        processes = [
-            subprocess.Popen(
-                [*command, "--device", device, "--worker", f"{i + 1}/{workers}"],
-                env={**os.environ, **env, STORAGE_VARIABLE: settings.storage_url},
-            )
-            for i, (device, env) in enumerate(devices)
-        ]
-        codes, interrupted = _wait(processes)
+        with BackgroundMap(study, path, settings):
+            processes = [
+                subprocess.Popen(
+                    [*command, "--device", device, "--worker", f"{i + 1}/{workers}"],
+                    env={**os.environ, **env, STORAGE_VARIABLE: settings.storage_url},
+                )
+                for i, (device, env) in enumerate(devices)
+            ]
+            codes, interrupted = _wait(processes)
         if interrupted or 130 in codes:
             err_console.print("Workers stopped: run the same command to resume.")
             raise KeyboardInterrupt

@@ -13,13 +13,15 @@ torchvision is imported by this package until a builder asks for it.
 from ._builders import timm_model, torchvision_model
 from ._policy import SwapPolicy
 from ._report import Site, SwapReport
-from ._swap import PerCallActivation, swap_activations
+from ._swap import ActivationSites, PerCallActivation, find_activation_sites, swap_activations
 
 __all__ = [
+    "ActivationSites",
     "PerCallActivation",
     "Site",
     "SwapPolicy",
     "SwapReport",
+    "find_activation_sites",
     "swap_activations",
     "timm_model",
     "torchvision_model",

@@ -78,24 +78,15 @@ def swap_activations(
 ) -> tuple[nn.Module, SwapReport]:
     """Replace the main activations of ``model`` by ``activation``.
 
-    1. Every activation module the policy selects (``nn.ReLU``, ``nn.GELU``, ``nn.SiLU``, timm's
-       ``GELU``/``Swish``/``HardSwish``... see :class:`SwapPolicy`) is replaced, path by path, by
-       its own copy of ``activation``. Gates (squeeze-excitation, attention, sigmoids) are kept.
-    2. One probe forward pass in eval mode and one in train mode (no gradients; BatchNorm
-       statistics, modes and random state restored) count the calls of each new module and the
-       functional activations (``F.relu``, ``torch.relu_``, ``x.relu()``, ``F.gelu``,
-       ``F.silu``, ``F.hardswish``...) made outside activation modules.
-    3. A new module called ``n > 1`` times per forward (torchvision ResNet's ``relu``) becomes a
-       :class:`PerCallActivation` holding ``n`` copies, one per call.
-    4. A module whose own ``forward`` makes functional activation calls is traced with torch.fx
-       (that module only; submodules stay leaves; timm's not-traceable modules and functions are
-       honoured) and each call goes to a new child ``functional_act<i>``. Calls that cannot be
-       rewritten are reported as ``"functional-left"`` with a warning. When calls were
-       rewritten, the probe runs once more to check that none are left.
+    The same as ``find_activation_sites(model, policy=policy,
+    example_input=example_input).apply(model, activation, inplace=inplace)``: the sites are
+    found with a plain activation in place (see :func:`find_activation_sites`), so any
+    ``activation`` works, even one that accepts only some batch sizes. To swap the activations
+    of many instances of one architecture, find the sites once and :meth:`~ActivationSites.apply`
+    them to each instance: no forward pass is needed then.
 
-    Models without functional activations are never traced. With a parameter-free activation
-    the swapped model's ``state_dict`` has the same keys, so checkpoints of the original load
-    with ``strict=True``.
+    With a parameter-free activation the swapped model's ``state_dict`` has the same keys, so
+    checkpoints of the original load with ``strict=True``.
 
     Parameters
     ----------
@@ -105,13 +96,8 @@ def swap_activations(
         An ``nn.Module`` (each site gets its own ``copy.deepcopy``), an expression string for
         ``optuna_aquasurf.ActivationFunction`` (e.g. ``"mul(swish(x),erf(x))"``), or a
         zero-argument callable returning a new module (e.g. ``nn.Tanh``).
-    policy
-        Which sites to replace; ``SwapPolicy()`` by default.
-    example_input
-        Input for the probe forward passes: a tensor, or a tuple of positional arguments. When
-        omitted, an image batch of 2 is inferred for models with an ``nn.Conv2d``: channels from
-        the first convolution; the first size that runs of a timm ViT's ``patch_embed.img_size``,
-        64x64, 128x128, timm's ``pretrained_cfg['input_size']``, 224x224 and 299x299.
+    policy, example_input
+        As for :func:`find_activation_sites`.
     inplace
         Modify and return ``model`` itself instead of a deep copy.
 
@@ -121,16 +107,6 @@ def swap_activations(
         The swapped model (a copy unless ``inplace``).
     report : SwapReport
         Every site with its action; ``print(report)`` shows a table.
-
-    Notes
-    -----
-    A module rewritten for its functional calls is not turned into a ``torch.fx.GraphModule``:
-    the generated ``forward`` is installed on a subclass of the module's own class, for that
-    instance only, so the model keeps its classes, methods (``forward_features``...),
-    attributes and ``state_dict`` keys. Python values the traced ``forward`` reads (flags,
-    constants) are fixed at their values at swap time, except ``self.training``: both modes
-    are traced. Such a module cannot be pickled whole (``torch.save(model)`` raises); save its
-    ``state_dict``. ``copy.deepcopy`` works.
 
     Examples
     --------
@@ -148,39 +124,193 @@ def swap_activations(
     3     GELU      replaced
     2 sites: 2 replaced
     """
-    make = _activation_factory(activation)
+    sites = find_activation_sites(model, policy=policy, example_input=example_input)
+    return sites.apply(model, activation, inplace=inplace)
+
+
+class _SiteMarker(nn.Module):
+    """The plain activation (a ReLU) put at every site while the sites are being found."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return torch.relu(input)
+
+
+@dataclass(frozen=True)
+class ActivationSites:
+    """Where the activations of one architecture are, and what a swap does at each site.
+
+    Made by :func:`find_activation_sites`; :meth:`apply` puts an activation at these sites in
+    any model built the same way (same module paths and classes), without a forward pass.
+
+    Attributes
+    ----------
+    report
+        Every site with its action, as :func:`swap_activations` returns it.
+    """
+
+    report: SwapReport
+    _structure: tuple[tuple[str, str], ...]
+    _replaced: tuple[str, ...]
+    _rewritten: tuple[tuple[str, tuple[str, ...]], ...]
+    _calls: tuple[tuple[str, int], ...]
+
+    def apply(
+        self, model: nn.Module, activation: ActivationSpec, *, inplace: bool = False
+    ) -> tuple[nn.Module, SwapReport]:
+        """Put ``activation`` at the sites of ``model``, a model built like the one they were
+        found in.
+
+        Parameters
+        ----------
+        model
+            A model with the same module paths and classes as the one given to
+            :func:`find_activation_sites` (another instance of the architecture, any weights,
+            device and mode).
+        activation
+            As for :func:`swap_activations`.
+        inplace
+            Modify and return ``model`` itself instead of a deep copy.
+
+        Returns
+        -------
+        (model, report), as :func:`swap_activations`.
+
+        Raises
+        ------
+        ValueError
+            When ``model`` is not built like the model the sites were found in.
+        """
+        make = _activation_factory(activation)
+        structure = _structure(model)
+        if structure != self._structure:
+            raise ValueError(_structure_difference(self._structure, structure))
+        if not inplace:
+            model = copy.deepcopy(model)
+        named = dict(model.named_modules(remove_duplicate=False))
+        for path in self._replaced:
+            parent_path, _, name = path.rpartition(".")
+            setattr(named[parent_path], name, _new_activation(make, named[parent_path]))
+        classes: dict[tuple, type] = {}
+        for path, children in self._rewritten:
+            module = named[path]
+            made = rewrite_functional(
+                module, functools.partial(_new_activation, make, module), classes
+            )
+            if tuple(child for child, _ in made) != children:
+                raise ValueError(
+                    f"torch.fx rewrote {path or '(model)'} differently from the model the sites "
+                    f"were found in: {[child for child, _ in made]} instead of {list(children)}"
+                )
+        for path, calls in self._calls:
+            _split(model, path, calls, make)
+        return model, self.report
+
+
+def find_activation_sites(
+    model: nn.Module,
+    *,
+    policy: SwapPolicy | None = None,
+    example_input: torch.Tensor | tuple[Any, ...] | None = None,
+) -> ActivationSites:
+    """Find the main activation sites of ``model`` with a plain activation in place.
+
+    ``model`` itself is left as it was: the search runs on a copy.
+
+    1. Every activation module the policy selects (``nn.ReLU``, ``nn.GELU``, ``nn.SiLU``, timm's
+       ``GELU``/``Swish``/``HardSwish``... see :class:`SwapPolicy`) is a site. Gates
+       (squeeze-excitation, attention, sigmoids) are kept.
+    2. With a ReLU at every site, one probe forward pass in eval mode and one in train mode (no
+       gradients; BatchNorm statistics, modes and random state restored) count the calls of
+       each site and the functional activations (``F.relu``, ``torch.relu_``, ``x.relu()``,
+       ``F.gelu``, ``F.silu``, ``F.hardswish``...) made outside activation modules.
+    3. A site called ``n > 1`` times per forward (torchvision ResNet's ``relu``) will hold a
+       :class:`PerCallActivation` of ``n`` copies, one per call.
+    4. A module whose own ``forward`` makes functional activation calls is traced with torch.fx
+       (that module only; submodules stay leaves; timm's not-traceable modules and functions are
+       honoured) and each call goes to a new child ``functional_act<i>``. Calls that cannot be
+       rewritten are reported as ``"functional-left"`` with a warning. When calls were
+       rewritten, the probe runs once more to check that none are left.
+
+    Models without functional activations are never traced.
+
+    Parameters
+    ----------
+    model
+        Any ``nn.Module``, on any device, in any mode.
+    policy
+        Which sites to replace; ``SwapPolicy()`` by default.
+    example_input
+        Input for the probe forward passes: a tensor, or a tuple of positional arguments (moved
+        to the model's device). A batch of 2 is enough. When omitted, an image batch of 2 is
+        inferred for models with an ``nn.Conv2d``: channels from the first convolution; the
+        first size that runs of a timm ViT's ``patch_embed.img_size``, 64x64, 128x128, timm's
+        ``pretrained_cfg['input_size']``, 224x224 and 299x299.
+
+    Returns
+    -------
+    ActivationSites
+
+    Notes
+    -----
+    A module rewritten for its functional calls is not turned into a ``torch.fx.GraphModule``:
+    the generated ``forward`` is installed on a subclass of the module's own class, for that
+    instance only, so the model keeps its classes, methods (``forward_features``...),
+    attributes and ``state_dict`` keys. Python values the traced ``forward`` reads (flags,
+    constants) are fixed at their values at swap time, except ``self.training``: both modes
+    are traced. Such a module cannot be pickled whole (``torch.save(model)`` raises); save its
+    ``state_dict``. ``copy.deepcopy`` works.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from optuna_aquasurf.integrations import find_activation_sites
+    >>> def build():
+    ...     return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> sites = find_activation_sites(build(), example_input=torch.randn(2, 4))
+    >>> [build() for _ in range(2)] and sites.apply(build(), nn.Tanh())[0][1]
+    Tanh()
+    """
     policy = policy or SwapPolicy()
-    if not inplace:
-        model = copy.deepcopy(model)
+    structure = _structure(model)
+    model = copy.deepcopy(model)
     named = dict(model.named_modules(remove_duplicate=False))
     order = {path: index for index, path in enumerate(named)}
     sites: list[Site] = []
-    new, kept = _replace_modules(model, named, make, policy, sites)
+    new, kept = _replace_modules(model, named, _SiteMarker, policy, sites)
 
     if example_input is None:
         inputs = candidate_inputs(model)
     else:
-        inputs = [example_input if isinstance(example_input, tuple) else (example_input,)]
+        example = example_input if isinstance(example_input, tuple) else (example_input,)
+        inputs = [_on_device(example, model)]
     watched = [n.module for n in new]
     activations = _activations(model, new, kept)
     probes, example = probe(model, inputs, watched=watched, activations=activations)
-    _split_reused(model, new, probes, make, sites)
+    calls = _count_calls(new, probes, sites)
 
-    rewritten, left = _rewrite_functional(model, named, probes, make, policy, sites)
+    rewritten, left = _rewrite_functional(model, named, probes, policy, sites)
     if rewritten:
         activations = _activations(model, new + rewritten, kept)
         probes, _ = probe(model, [example], [n.module for n in rewritten], activations)
-        _split_reused(model, rewritten, probes, make, sites)
+        calls += _count_calls(rewritten, probes, sites)
         left += _missed_calls(named, rewritten, probes)
-    for module in model.modules():
-        if isinstance(module, PerCallActivation):
-            module.reset()
 
     sites += left
     sites.sort(key=lambda site: _order_key(site.path, order))
     report = SwapReport(sites)
     _warn(report)
-    return model, report
+    children: dict[str, list[str]] = {}
+    for item in rewritten:
+        parent, _, child = item.path.rpartition(".")
+        children.setdefault(parent, []).append(child)
+    return ActivationSites(
+        report=report,
+        _structure=structure,
+        _replaced=tuple(item.path for item in new),
+        _rewritten=tuple((path, tuple(names)) for path, names in children.items()),
+        _calls=tuple(calls),
+    )
 
 
 def _activation_factory(activation: ActivationSpec) -> Callable[[], nn.Module]:
@@ -208,6 +338,33 @@ def _activation_factory(activation: ActivationSpec) -> Callable[[], nn.Module]:
         "activation must be an nn.Module, an expression string or a zero-argument callable "
         f"returning an nn.Module, got {type(activation).__name__}"
     )
+
+
+def _structure(model: nn.Module) -> tuple[tuple[str, str], ...]:
+    """Path and class of every module: what two models built the same way share."""
+    return tuple(
+        (path, type(m).__qualname__) for path, m in model.named_modules(remove_duplicate=False)
+    )
+
+
+def _structure_difference(found: tuple, given: tuple) -> str:
+    first = next(
+        (i for i, (a, b) in enumerate(itertools.zip_longest(found, given)) if a != b), None
+    )
+    expected = found[first] if first < len(found) else "nothing"
+    got = given[first] if first < len(given) else "nothing"
+    return (
+        "the model is not built like the one whose activation sites were found: module "
+        f"{first} is {got} instead of {expected}"
+    )
+
+
+def _on_device(example: tuple, model: nn.Module) -> tuple:
+    """The tensors of ``example`` on the device of the model's first parameter or buffer."""
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    if tensor is None:
+        return example
+    return tuple(x.to(tensor.device) if isinstance(x, torch.Tensor) else x for x in example)
 
 
 def _chain(named: dict[str, nn.Module], path: str) -> list[nn.Module]:
@@ -268,21 +425,28 @@ def _calls_per_forward(probes: dict[str, Probe], module: nn.Module, path: str) -
     return max(counts.values())
 
 
-def _split_reused(model, new, probes, make, sites) -> None:
-    """Give each call of a reused new module its own copy; record the sites."""
+def _count_calls(new: list[_NewModule], probes: dict[str, Probe], sites: list[Site]):
+    """Record the sites of the new modules; return (path, calls) of those called more than once."""
+    reused = []
     for item in new:
         calls = _calls_per_forward(probes, item.module, item.path)
         if calls <= 1:
             note = item.note or ("" if calls else "not called by the probe forward pass")
             sites.append(Site(item.path, item.original, item.action, note))
             continue
-        parent_path, _, name = item.path.rpartition(".")
-        parent = model.get_submodule(parent_path)
-        copies = [item.module] + [_new_activation(make, parent) for _ in range(calls - 1)]
-        setattr(parent, name, PerCallActivation(copies))
+        reused.append((item.path, calls))
         for index in range(calls):
             note = f"call {index + 1} of {calls} of a reused module"
             sites.append(Site(f"{item.path}.calls.{index}", item.original, item.action, note))
+    return reused
+
+
+def _split(model: nn.Module, path: str, calls: int, make: Callable[[], nn.Module]) -> None:
+    """Give each call of the reused activation at ``path`` its own copy."""
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path)
+    copies = [getattr(parent, name)] + [_new_activation(make, parent) for _ in range(calls - 1)]
+    setattr(parent, name, PerCallActivation(copies))
 
 
 def _functional_calls(probes: dict[str, Probe]) -> dict[int, list[str]]:
@@ -295,7 +459,7 @@ def _functional_calls(probes: dict[str, Probe]) -> dict[int, list[str]]:
     return calls
 
 
-def _rewrite_functional(model, named, probes, make, policy, sites):
+def _rewrite_functional(model, named, probes, policy, sites):
     rewritten: list[_NewModule] = []
     left: list[Site] = []
     classes: dict[tuple, type] = {}
@@ -309,7 +473,7 @@ def _rewrite_functional(model, named, probes, make, policy, sites):
             continue
         try:
             children = rewrite_functional(
-                module, functools.partial(_new_activation, make, module), classes
+                module, functools.partial(_new_activation, _SiteMarker, module), classes
             )
         except TraceFailure as failure:
             left += [Site(path, name, FUNCTIONAL_LEFT, str(failure)) for name in names]

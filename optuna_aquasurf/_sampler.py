@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import math
 import threading
 from collections.abc import Sequence
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,6 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna_aquasurf import _acquisition
 from optuna_aquasurf._activation import ActivationFunction
 from optuna_aquasurf._expression import canonical
+from optuna_aquasurf._map import SpaceMap
 from optuna_aquasurf._operators import PAPER_UNARY
 from optuna_aquasurf._space import SearchSpace
 from optuna_aquasurf._store import MemoryStore, Store, store_for
@@ -36,8 +34,6 @@ DEFAULT_BASELINES = (
     "swish(x)",
     "tanh(x)",
 )
-#: Functions whose Fisher features are computed, stored and shared together.
-FISHER_CHUNK = 64
 #: Candidates tried, best first, when claiming the next function races with other workers.
 _CLAIM_ATTEMPTS = 64
 
@@ -93,6 +89,10 @@ class AquaSurfSampler(BaseSampler):
         Also suggest functions that are infinite or NaN at some probe points.
     use_outputs
         Use the output features in the map; False (with a probe) maps by Fisher features alone.
+    map_key
+        Use the map stored with the study under this key (the :attr:`map_key` of the sampler
+        that computed it) instead of this sampler's own: to read a study without the model of
+        its probe (``aquasurf plot`` does). Such a sampler never computes a map.
 
     Examples
     --------
@@ -124,6 +124,7 @@ class AquaSurfSampler(BaseSampler):
         independent_sampler: BaseSampler | None = None,
         include_non_finite: bool = False,
         use_outputs: bool = True,
+        map_key: str | None = None,
     ):
         if acquisition not in _acquisition.ACQUISITIONS:
             raise ValueError(
@@ -133,7 +134,7 @@ class AquaSurfSampler(BaseSampler):
             raise ValueError(f"n_design must be >= 0, got {n_design}")
         if not exploration >= 0:
             raise ValueError(f"exploration must be >= 0, got {exploration}")
-        if not use_outputs and probe is None:
+        if not use_outputs and probe is None and map_key is None:
             raise ValueError("use_outputs=False needs a probe: the map needs some features")
         if space is not None and not isinstance(space, SearchSpace):
             space = SearchSpace.from_expressions(list(space))
@@ -145,27 +146,34 @@ class AquaSurfSampler(BaseSampler):
         self._exploration = exploration
         self._regressor = regressor if regressor is not None else _acquisition.default_regressor()
         self._seed = seed
-        self._rng = np.random.RandomState(seed)
         self._independent_sampler = independent_sampler or TPESampler(seed=seed)
         self._include_non_finite = include_non_finite
         self._use_outputs = use_outputs
+        self._map_key = map_key
         self._lock = threading.RLock()
         self._fixed_params: dict[int, dict[str, Any]] = {}
-        self._maps: dict[str, np.ndarray] = {}
-        self._outputs: np.ndarray | None = None
-        self._locations: dict[str, tuple[int, bool]] = {}
+        self._space_map: SpaceMap | None = None
         # Nearest tried and nearest scored functions of every function, kept between suggestions.
         self._neighbours = {"tried": _acquisition.Neighbours(), "scored": _acquisition.Neighbours()}
 
     @property
     def space(self) -> SearchSpace:
         """The search space (built on first use when none was given)."""
+        return self.space_map.space
+
+    @property
+    def space_map(self) -> SpaceMap:
+        """The :class:`SpaceMap` of the space: features, embedding and lookups (built on first
+        use)."""
         with self._lock:
-            if self._space is None:
-                self._space = SearchSpace.from_schemas(
+            if self._space_map is None:
+                space = self._space or SearchSpace.from_schemas(
                     ["binary(unary(x),unary(x))"], unary=PAPER_UNARY
                 )
-            return self._space
+                self._space_map = SpaceMap(
+                    space, self._probe, self._seed, self._use_outputs, self._map_key
+                )
+            return self._space_map
 
     # The Optuna sampler contract: everything but the activation goes to the independent sampler.
 
@@ -191,7 +199,6 @@ class AquaSurfSampler(BaseSampler):
         self._independent_sampler.after_trial(study, trial, state, values)
 
     def reseed_rng(self) -> None:
-        self._rng.seed()
         self._independent_sampler.reseed_rng()
 
     # The activation.
@@ -219,20 +226,30 @@ class AquaSurfSampler(BaseSampler):
     def embedding(self, study: optuna.Study | None = None) -> np.ndarray:
         """2-D coordinates of every function of the space, computed once and stored with
         ``study`` (or in this process when no study is given)."""
-        return self._map(study)
+        return self.space_map.embedding(self._store(study))
+
+    def has_embedding(self, study: optuna.Study | None = None) -> bool:
+        """Whether the map is ready: computed in this process or stored with ``study``, so that
+        :meth:`embedding` returns at once."""
+        return self.space_map.is_ready(self._store(study))
 
     def fisher_features(self, study: optuna.Study | None = None) -> np.ndarray:
         """Fisher features of every function of the space (one row each), computed once and
         stored with ``study``; several workers calling this split the work between them."""
         if self._probe is None:
             raise ValueError("this sampler has no probe: give probe=FisherProbe(...)")
-        with self._lock:
-            return self._fisher_features(self._store(study))
+        return self.space_map.fisher_features(self._store(study))
+
+    @property
+    def map_key(self) -> str:
+        """The map's identity: a digest of the space, the probe's fingerprint, ``use_outputs``
+        and the seed (or the ``map_key`` given)."""
+        return self.space_map.key
 
     def predict(self, study: optuna.Study, name: str = "activation") -> np.ndarray | None:
         """The surrogate's predicted score of every function (None before any score exists)."""
         with self._lock:
-            coords = self._map(study)
+            coords = self.embedding(study)
             functions, scores = self._observations(study, self._trials(study, name, exclude=None))
             if len(scores) == 0:
                 return None
@@ -278,7 +295,7 @@ class AquaSurfSampler(BaseSampler):
         candidates = np.flatnonzero(available)
         if pending or len(candidates) == 0:
             return np.array(pending[:_CLAIM_ATTEMPTS], dtype=np.int64)
-        coords = self._map(study)
+        coords = self.embedding(study)
         functions, scores = self._observations(study, trials)
         picks_after_baselines = len(set(tried.tolist()) - set(baselines))
         design = self._acquisition == "explore" and picks_after_baselines < self._n_design
@@ -333,33 +350,7 @@ class AquaSurfSampler(BaseSampler):
     def locate(self, expression: str) -> tuple[int, bool]:
         """The position in the space of the function ``expression`` computes, and True; or, for a
         function outside the space, the nearest one by output features, and False."""
-        if expression not in self._locations:
-            space = self.space
-            if expression in space:
-                location = (space.index(expression), True)
-            else:
-                equivalent = space.find_equivalent(expression)
-                if equivalent is not None:
-                    location = (equivalent, True)
-                else:
-                    location = (self._nearest(expression), False)
-            self._locations[expression] = location
-        return self._locations[expression]
-
-    def _nearest(self, expression: str) -> int:
-        from optuna_aquasurf.features import output_features
-
-        point = output_features(SearchSpace.from_expressions([expression]))[0]
-        distances = np.linalg.norm(self._output_features() - point, axis=1)
-        return int(np.argmin(distances))
-
-    def _output_features(self) -> np.ndarray:
-        from optuna_aquasurf.features import output_features
-
-        with self._lock:
-            if self._outputs is None:
-                self._outputs = output_features(self.space)
-            return self._outputs
+        return self.space_map.locate(expression)
 
     def _claim(self, study, trial, function: int) -> bool:
         def is_stale(trial_id: int) -> bool:
@@ -374,55 +365,6 @@ class AquaSurfSampler(BaseSampler):
         if study is None:
             return _LOCAL_STORE
         return store_for(study._storage)
-
-    def _map_key(self) -> str:
-        probe = self._probe.fingerprint if self._probe is not None else "no-probe"
-        seed = 0 if self._seed is None else self._seed
-        identity = f"{self.space.fingerprint}|{probe}|outputs={self._use_outputs}|{seed}"
-        return hashlib.sha256(identity.encode()).hexdigest()
-
-    def _map(self, study: optuna.Study | None) -> np.ndarray:
-        with self._lock:
-            key = self._map_key()
-            if key not in self._maps:
-                store = self._store(study)
-                saved = store.load("embeddings", key)
-                if saved is None:
-                    # Outside the map's lease: every worker takes its share of the features.
-                    fisher = self._fisher_features(store) if self._probe is not None else None
-
-                    def compute() -> list[np.ndarray]:
-                        from optuna_aquasurf._embedding import embed
-
-                        outputs = self._output_features() if self._use_outputs else None
-                        return [embed(outputs, fisher, 0 if self._seed is None else self._seed)]
-
-                    saved = store.compute_once("embeddings", key, compute)
-                self._maps[key] = saved[0]
-            return self._maps[key]
-
-    def _fisher_features(self, store: Store) -> np.ndarray:
-        """Fisher features of the whole space, computed (and stored) chunk by chunk.
-
-        Workers of one study split the chunks: each first computes those that no other worker
-        is computing, then waits for the others' results.
-        """
-        space = self.space
-        key = hashlib.sha256(f"{space.fingerprint}|{self._probe.fingerprint}".encode()).hexdigest()
-        expressions = space.expressions
-
-        def compute(chunk: int) -> list[np.ndarray]:
-            part = expressions[chunk * FISHER_CHUNK : (chunk + 1) * FISHER_CHUNK]
-            return list(self._probe.features(part, return_diverged=True))
-
-        rows: dict[int, np.ndarray] = {}
-        for wait in (False, True):
-            for chunk in range(math.ceil(len(space) / FISHER_CHUNK)):
-                if chunk not in rows:
-                    saved = store.compute_once("fisher", key, partial(compute, chunk), chunk, wait)
-                    if saved is not None:
-                        rows[chunk] = saved[0]
-        return np.concatenate([rows[chunk] for chunk in sorted(rows)])
 
 
 _LOCAL_STORE = MemoryStore()

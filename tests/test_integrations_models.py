@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -255,3 +258,36 @@ def test_timm_methods_survive():
     assert all(not isinstance(m, (nn.GELU, timm_acts.GELU)) for m in model.modules()), (
         "a GELU was left"
     )
+
+
+def _model_function(key: str):
+    """A ``model()`` of a model file: the original model, built anew at each call."""
+    builder, name, kwargs, _, _, _ = MODELS[key]
+    if builder is timm_model:
+        return functools.partial(timm.create_model, name, num_classes=10, **kwargs)
+    import torchvision
+
+    return functools.partial(
+        torchvision.models.get_model, name, weights=None, num_classes=10, **kwargs
+    )
+
+
+@pytest.mark.parametrize("key", list(MODELS))
+def test_fisher_probe_stacks_candidates_of_model_files(key):
+    """``model()`` files: candidates stacked in one pass get the features they get alone."""
+    from optuna_aquasurf.cli._userfile import SwappedModel
+    from optuna_aquasurf.features import FisherProbe
+
+    side = MODELS[key][3]
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, side, side, generator=generator)
+    y = torch.randint(0, 10, (2,), generator=generator)
+    build = SwappedModel(_model_function(key), lambda: (x,))
+    expressions = ["tanh(x)", "swish(x)", "mul(x,erf(x))", "softsign(x)"]
+    stacked = FisherProbe(build, x, y, device="cpu", progress=False)
+    assert stacked.stack_size > 2  # by default, as many as keep a pass under 2**22 outputs
+    alone = FisherProbe(build, x, y, device="cpu", progress=False, stack=1)
+    matrix, expected = stacked.features(expressions), alone.features(expressions)
+    # Float32 rounding of the larger stacked products may move an eigenvalue across a bin edge.
+    assert np.mean(matrix != expected) < 1e-3
+    np.testing.assert_allclose(matrix, expected, rtol=0, atol=1e-2)

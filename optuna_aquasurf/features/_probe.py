@@ -142,6 +142,11 @@ class FisherProbe:
         return self._layers
 
     @property
+    def stack_size(self) -> int:
+        """Candidates computed in one pass (after the check of ``stack``, see the class notes)."""
+        return self._stack_size()
+
+    @property
     def feature_length(self) -> int:
         """Length of each row of :meth:`features`."""
         return sum(b for _, _, b in self.layers)
@@ -299,14 +304,19 @@ class FisherProbe:
         def count(module, args, output):
             self._elements += output.numel()
 
-        activation = ActivationFunction("relu(x)")
-        activation.register_forward_hook(count)
-        model = self._build(activation)
+        model = self._build(ActivationFunction("relu(x)"))
+        # Every activation module of the model, be it the one given or copies of it (swapped).
+        activations = [m for m in model.modules() if isinstance(m, ActivationFunction)]
+        handles = [m.register_forward_hook(count) for m in activations]
         self._elements = 0
-        self._layers = [
-            (name, num_weights, bin_count(self.bins, num_weights))
-            for name, num_weights in probed_layers(model, _to(self.inputs, self.device))
-        ]
+        try:
+            self._layers = [
+                (name, num_weights, bin_count(self.bins, num_weights))
+                for name, num_weights in probed_layers(model, _to(self.inputs, self.device))
+            ]
+        finally:
+            for handle in handles:
+                handle.remove()
         digest = hashlib.sha256(FEATURE_VERSION.encode())
         for name, tensor in model.state_dict().items():
             _update(digest, f"state {name}", tensor)

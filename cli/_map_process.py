@@ -1,0 +1,130 @@
+"""The map of the space, computed by a process of its own while the first trials train.
+
+The sampler's first picks are the baselines, which need no map. A search whose map is not
+stored yet starts :class:`BackgroundMap`: a process that computes the map (Fisher features of
+the model, then UMAP) and stores it with the study, as any worker would. The first surrogate pick
+then loads it, or waits only for what is left: the store's leases let the search process
+compute the Fisher chunks that the map process has not started, and wait for the rest.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+
+from optuna_aquasurf.cli._console import err_console
+
+#: Seconds the map process gets to give its leases back when the search ends first.
+STOP_TIMEOUT = 10.0
+
+
+class BackgroundMap:
+    """Context manager: a process computes the map of ``study``'s space unless it is stored.
+
+    Parameters
+    ----------
+    study
+        The study, with its :class:`~optuna_aquasurf.AquaSurfSampler`.
+    path
+        The model file.
+    settings
+        The search's :class:`~optuna_aquasurf.cli._optimize.SearchSettings` (storage, seed,
+        device).
+    """
+
+    def __init__(self, study: optuna.Study, path: Path, settings) -> None:
+        self.study = study
+        self.path = path
+        self.settings = settings
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self._started = 0.0
+
+    def __enter__(self) -> BackgroundMap:
+        sampler = self.study.sampler
+        if sampler.has_embedding(self.study):
+            return self
+        err_console.print(
+            f"Map of the {len(sampler.space):,} functions: computed in the background and "
+            "stored; the baselines train meanwhile."
+        )
+        context = multiprocessing.get_context("spawn")  # no fork of a process running torch
+        self.process = context.Process(
+            target=compute_map,
+            args=(self.path, self.settings, self.study.study_name, os.getpid()),
+            name="aquasurf map",
+        )
+        self._started = time.perf_counter()
+        self.process.start()
+        return self
+
+    def poll(self) -> None:
+        """Say once that the map process has finished, and how."""
+        if self.process is None or self.process.exitcode is None:
+            return
+        if self.process.exitcode == 0:
+            seconds = time.perf_counter() - self._started
+            err_console.print(f"Map of the space ready ({seconds:.0f} s in the background).")
+        else:
+            err_console.print(
+                "[yellow]The background map process stopped with an error;[/] the map is "
+                "computed before the first pick that needs it."
+            )
+        self.process = None
+
+    def __exit__(self, *exc_info) -> None:
+        """Stop the map process if the search ends first; it gives its leases back."""
+        self.poll()
+        if self.process is None:
+            return
+        self.process.terminate()
+        self.process.join(STOP_TIMEOUT)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+
+def compute_map(path: Path, settings, study_name: str, parent: int) -> None:
+    """Body of the map process: compute and store the map of the study's space.
+
+    The process stops with its parent (even one killed with SIGKILL); SIGTERM unwinds it, so
+    that the leases it holds are given back. Errors end it quietly with exit code 1: the search
+    process computes what is missing itself and reports them.
+    """
+    from optuna_aquasurf.cli._objective import resolve_device
+    from optuna_aquasurf.cli._optimize import build_sampler
+    from optuna_aquasurf.cli._storage import open_storage
+    from optuna_aquasurf.cli._userfile import load_user_file
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the search process's to handle
+    _stop_with_parent(parent)
+    warnings.simplefilter("ignore")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        user = load_user_file(path)
+        sampler = build_sampler(user, settings.seed, resolve_device(settings.device))
+        study = optuna.load_study(
+            study_name=study_name, storage=open_storage(settings.storage_url), sampler=sampler
+        )
+        sampler.embedding(study)
+    except Exception:  # noqa: BLE001 - reported by the search process, which computes it again
+        sys.exit(1)
+
+
+def _stop_with_parent(parent: int) -> None:
+    """SIGTERM this process once ``parent`` has gone."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="aquasurf parent watch", daemon=True).start()

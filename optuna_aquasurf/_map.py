@@ -1,0 +1,162 @@
+"""The map of a search space: its functions' features, their 2-D embedding and lookups in it."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+from functools import partial
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from optuna_aquasurf._space import SearchSpace
+from optuna_aquasurf._store import Store
+
+if TYPE_CHECKING:
+    from optuna_aquasurf.features import FisherProbe
+
+#: Functions whose Fisher features are computed, stored and shared together.
+FISHER_CHUNK = 64
+
+
+class SpaceMap:
+    """Every function of a space placed on a 2-D map, from its output and Fisher features.
+
+    The map is computed once and kept in a :class:`~optuna_aquasurf._store.Store` under
+    :attr:`key`, so that every worker of a study and every resumed run uses the same one. Workers
+    split its Fisher features chunk by chunk, through the store's leases.
+
+    Parameters
+    ----------
+    space
+        The functions.
+    probe
+        A :class:`~optuna_aquasurf.features.FisherProbe` of the user's model, or None for a map
+        of output features alone.
+    seed
+        Seed of the embedding.
+    use_outputs
+        Use the output features (False needs a probe).
+    key
+        Use the map stored under this key instead of computing one (it then never computes).
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        probe: FisherProbe | None = None,
+        seed: int | None = None,
+        use_outputs: bool = True,
+        key: str | None = None,
+    ):
+        if not use_outputs and probe is None and key is None:
+            raise ValueError("use_outputs=False needs a probe: the map needs some features")
+        self.space = space
+        self.probe = probe
+        self.seed = 0 if seed is None else seed
+        self.use_outputs = use_outputs
+        self._given_key = key
+        self._lock = threading.RLock()
+        self._embedding: np.ndarray | None = None
+        self._outputs: np.ndarray | None = None
+        self._locations: dict[str, tuple[int, bool]] = {}
+
+    @property
+    def key(self) -> str:
+        """The map's identity: a digest of the space, the probe's fingerprint, ``use_outputs``
+        and the seed (or the ``key`` given)."""
+        if self._given_key is not None:
+            return self._given_key
+        probe = self.probe.fingerprint if self.probe is not None else "no-probe"
+        identity = f"{self.space.fingerprint}|{probe}|outputs={self.use_outputs}|{self.seed}"
+        return hashlib.sha256(identity.encode()).hexdigest()
+
+    def is_ready(self, store: Store) -> bool:
+        """Whether :meth:`embedding` returns at once: computed here, or saved in ``store``."""
+        with self._lock:
+            if self._embedding is None:
+                saved = store.load("embeddings", self.key)
+                if saved is None:
+                    return False
+                self._embedding = saved[0]
+            return True
+
+    def embedding(self, store: Store) -> np.ndarray:
+        """2-D coordinates of every function, one row each: loaded from ``store``, or computed
+        there once (workers computing it together split the Fisher features)."""
+        with self._lock:
+            if self.is_ready(store):
+                return self._embedding
+            if self._given_key is not None:
+                raise ValueError(f"no map is stored under the key {self.key!r}")
+            # Outside the map's lease: every worker takes its share of the features.
+            fisher = self.fisher_features(store) if self.probe is not None else None
+
+            def compute() -> list[np.ndarray]:
+                from optuna_aquasurf._embedding import embed
+
+                outputs = self.output_features() if self.use_outputs else None
+                return [embed(outputs, fisher, self.seed)]
+
+            self._embedding = store.compute_once("embeddings", self.key, compute)[0]
+            return self._embedding
+
+    def fisher_features(self, store: Store) -> np.ndarray:
+        """Fisher features of every function, computed (and saved in ``store``) chunk by chunk.
+
+        Workers of one study split the chunks: each first computes those that no other worker
+        is computing, then waits for the others' results.
+        """
+        if self.probe is None:
+            raise ValueError("this map has no probe: give probe=FisherProbe(...)")
+        identity = f"{self.space.fingerprint}|{self.probe.fingerprint}"
+        key = hashlib.sha256(identity.encode()).hexdigest()
+        expressions = self.space.expressions
+
+        def compute(chunk: int) -> list[np.ndarray]:
+            part = expressions[chunk * FISHER_CHUNK : (chunk + 1) * FISHER_CHUNK]
+            return list(self.probe.features(part, return_diverged=True))
+
+        rows: dict[int, np.ndarray] = {}
+        for wait in (False, True):
+            for chunk in range(math.ceil(len(self.space) / FISHER_CHUNK)):
+                if chunk not in rows:
+                    saved = store.compute_once("fisher", key, partial(compute, chunk), chunk, wait)
+                    if saved is not None:
+                        rows[chunk] = saved[0]
+        return np.concatenate([rows[chunk] for chunk in sorted(rows)])
+
+    def output_features(self) -> np.ndarray:
+        """The functions' outputs at the probe points (see
+        :func:`~optuna_aquasurf.features.output_features`), computed once."""
+        from optuna_aquasurf.features import output_features
+
+        with self._lock:
+            if self._outputs is None:
+                self._outputs = output_features(self.space)
+            return self._outputs
+
+    def locate(self, expression: str) -> tuple[int, bool]:
+        """The position in the space of the function ``expression`` computes, and True; or, for a
+        function outside the space, the nearest one by output features, and False."""
+        with self._lock:
+            if expression not in self._locations:
+                space = self.space
+                if expression in space:
+                    location = (space.index(expression), True)
+                else:
+                    equivalent = space.find_equivalent(expression)
+                    if equivalent is not None:
+                        location = (equivalent, True)
+                    else:
+                        location = (self._nearest(expression), False)
+                self._locations[expression] = location
+            return self._locations[expression]
+
+    def _nearest(self, expression: str) -> int:
+        from optuna_aquasurf.features import output_features
+
+        point = output_features(SearchSpace.from_expressions([expression]))[0]
+        distances = np.linalg.norm(self.output_features() - point, axis=1)
+        return int(np.argmin(distances))
