@@ -1,93 +1,101 @@
-"""Per-suggestion latency of AquaSurfSampler and the cost of its one-time embedding.
+"""The one-time map of a space and the per-suggestion latency of AquaSurfSampler, by space size.
 
-    python benchmarks/bench_sampler.py            # the paper space, then a ~100,000-function space
-    python benchmarks/bench_sampler.py --quick    # the paper space only
+    python benchmarks/bench_sampler.py                  # paper (2,918), 100k and 400k functions
+    python benchmarks/bench_sampler.py --spaces paper   # one or more, comma-separated
 
-Targets on 2 cores: median suggestion under 50 ms after the one-time embedding (paper space with
-200 completed trials, and a 100,000-function space); embedding of the paper space under 30 s,
-numba compilation included. The latency is that of surrogate picks (no baselines to try first);
-the one-time embedding it is measured after includes the output features. Beside the latency it
-prints the cost of refitting the embedding at every suggestion (the reference implementation's
-way) as a ratio.
+Each space is measured in a process of its own, so that its peak memory is its own: the seconds to
+enumerate it, to compute its map with output features (numba compilation included: the first map
+of a process), the process's peak RSS after the map, the median latency of 30 surrogate picks in a
+study with 200 completed trials (no baselines to try first), and the time to locate an expression
+outside the space. Targets on 2 cores: map of the 400k space within 10 minutes and 8 GB, median
+suggestion under 50 ms, the paper space's map under 30 s. Beside the latency it prints the cost of
+refitting the map at every suggestion (the reference implementation's way) as a ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import resource
 import statistics
 import time
 
-T0 = time.perf_counter()
+#: name: (schemas, unary operators)
+SPACES = {
+    "paper": (["binary(unary(x),unary(x))"], "PAPER_UNARY"),
+    "100k": (["unary(binary(unary(x),unary(x)))"], "ALL_UNARY"),
+    "400k": (
+        ["binary(unary(x),unary(x))", "binary(unary(x),binary(unary(x),unary(x)))"],
+        "PAPER_UNARY",
+    ),
+}
+#: An expression outside every space above.
+OUTSIDE = "mul(gelu(x),sum_n(mish(x),x,x))"
 
-import numpy as np  # noqa: E402
-import optuna  # noqa: E402
 
-from optuna_aquasurf import ALL_UNARY, PAPER_UNARY, AquaSurfSampler, SearchSpace  # noqa: E402
-from optuna_aquasurf._embedding import embed  # noqa: E402
-from optuna_aquasurf.features import output_features  # noqa: E402
+def measure(name: str) -> None:
+    """Print the figures of one space (run in a process of its own)."""
+    import numpy as np
+    import optuna
 
+    import optuna_aquasurf
+    from optuna_aquasurf import AquaSurfSampler, SearchSpace
 
-def one_time_embedding(space: SearchSpace) -> tuple[AquaSurfSampler, float]:
-    """A sampler without baselines, its map computed, and the seconds the map took."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    schemas, unary = SPACES[name]
+    start = time.perf_counter()
+    space = SearchSpace.from_schemas(schemas, unary=getattr(optuna_aquasurf, unary))
+    space_seconds = time.perf_counter() - start
     sampler = AquaSurfSampler(space, baselines=(), seed=0)
     start = time.perf_counter()
     sampler.embedding()
-    return sampler, time.perf_counter() - start
+    map_seconds = time.perf_counter() - start
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
-
-def suggestion_latency(
-    sampler: AquaSurfSampler, n_completed: int, n_suggestions: int
-) -> list[float]:
-    """Seconds per suggestion in a study that has ``n_completed`` scored trials."""
-    space = sampler.space
     study = optuna.create_study(direction="maximize", sampler=sampler)
     rng = np.random.default_rng(0)
-    for function in rng.choice(len(space), size=n_completed, replace=False):
+    for function in rng.choice(len(space), size=200, replace=False):
         study.add_trial(
             optuna.trial.create_trial(
                 value=float(rng.random()),
                 user_attrs={"activation": space[int(function)].expression},
             )
         )
-    seconds = []
-    for _ in range(n_suggestions):
+    latency = []
+    for _ in range(30):
         trial = study.ask()
         start = time.perf_counter()
         sampler.suggest(study, trial)
-        seconds.append(time.perf_counter() - start)
+        latency.append(time.perf_counter() - start)
         study.tell(trial, float(rng.random()))
-    return seconds
-
-
-def report(label: str, space: SearchSpace) -> None:
-    sampler, embedding_seconds = one_time_embedding(space)
-    latency = suggestion_latency(sampler, n_completed=200, n_suggestions=30)
     median = statistics.median(latency)
-    print(f"{label}: {len(space):,} functions")
-    print(f"  one-time embedding          {embedding_seconds:8.1f} s")
-    print(f"  median suggestion latency   {median * 1000:8.1f} ms   (target < 50 ms)")
-    print(f"  refit-every-suggestion cost {embedding_seconds / median:8.0f} x the median latency")
+    start = time.perf_counter()
+    sampler.locate(OUTSIDE)
+    locate_seconds = time.perf_counter() - start
+
+    print(
+        f"{name}: {len(space):,} functions ({space.n_names:,} names of {' + '.join(schemas)} "
+        f"over {unary})\n"
+        f"  enumeration                 {space_seconds:8.1f} s\n"
+        f"  map (output features)       {map_seconds:8.1f} s\n"
+        f"  peak RSS after the map      {peak_gib:8.2f} GiB\n"
+        f"  median suggestion latency   {median * 1000:8.1f} ms   (target < 50 ms)\n"
+        f"  locate {OUTSIDE} {locate_seconds * 1000:.0f} ms\n"
+        f"  refit-every-suggestion cost {map_seconds / median:8.0f} x the median latency",
+        flush=True,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="the paper space only")
+    parser.add_argument("--spaces", default=",".join(SPACES), help=", ".join(SPACES))
     args = parser.parse_args()
-
-    paper = SearchSpace.from_schemas(["binary(unary(x),unary(x))"], unary=PAPER_UNARY)
-    features = output_features(paper)
-    start = time.perf_counter()
-    embed(features, seed=0)
-    first = time.perf_counter() - start
-    print(
-        f"paper space embedding, first in this process: {first:.1f} s "
-        f"({time.perf_counter() - T0:.1f} s since the script started, imports included; "
-        "target < 30 s)"
-    )
-    report("paper space", paper)
-    if args.quick:
-        return
-    report("large space", SearchSpace.from_schemas(["unary(binary(unary(x),unary(x)))"], ALL_UNARY))
+    for name in args.spaces.split(","):
+        if name not in SPACES:
+            parser.error(f"unknown space {name!r}; choose from {', '.join(SPACES)}")
+        process = multiprocessing.get_context("spawn").Process(target=measure, args=(name,))
+        process.start()
+        process.join()
 
 
 if __name__ == "__main__":

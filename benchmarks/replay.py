@@ -51,6 +51,9 @@ SAMPLERS = {
     "explore-1": _aquasurf(exploration=1.0),
     "design-0": _aquasurf(n_design=0),
     "design-8": _aquasurf(n_design=8),
+    # Fisher features on a budget: of a space-filling 10% and 25% of the space.
+    "fisher-10%": _aquasurf(fisher_budget=292),
+    "fisher-25%": _aquasurf(fisher_budget=730),
     "random": lambda c, s: optuna.samplers.RandomSampler(seed=s),
     "tpe": lambda c, s: optuna.samplers.TPESampler(seed=s),
     "gp": lambda c, s: optuna.samplers.GPSampler(seed=s),
@@ -219,7 +222,11 @@ def surrogate_quality(arch: str, seed: int = 0) -> None:
     context = Context(arch)
     keep = context.space.finite
     outputs = output_features(context.space)[keep]
+    start = time.perf_counter()
     fisher = context.probe.features([e for e, k in zip(context.space.expressions, keep) if k])
+    print(
+        f"Fisher features of all {keep.sum()} finite functions: {time.perf_counter() - start:.1f} s"
+    )
     y = context.scores[keep]
 
     def spearman(x, metric="euclidean"):
@@ -227,19 +234,44 @@ def surrogate_quality(arch: str, seed: int = 0) -> None:
         folds = KFold(5, shuffle=True, random_state=seed)
         return spearmanr(cross_val_predict(knn, x, y, cv=folds), y).statistic
 
-    both_raw = np.hstack([outputs / np.linalg.norm(outputs), fisher / np.linalg.norm(fisher)])
+    def both(fisher):
+        return np.hstack([outputs / np.linalg.norm(outputs), fisher / np.linalg.norm(fisher)])
+
     rows = {
         "outputs": (spearman(outputs), spearman(embed(outputs, None, seed))),
         "fisher": (spearman(fisher, "manhattan"), spearman(embed(None, fisher, seed))),
-        "both": (spearman(both_raw), spearman(embed(outputs, fisher, seed))),
+        "both": (spearman(both(fisher)), spearman(embed(outputs, fisher, seed))),
     }
+    for share in (0.10, 0.25):
+        placed = _budgeted_fisher(context, keep, outputs, share, seed)
+        name = f"both, Fisher of {share:.0%}"
+        rows[name] = (spearman(both(placed)), spearman(embed(outputs, placed, seed)))
     print(
         f"\nSurrogate quality on {arch} ({keep.sum()} finite functions): Spearman correlation "
         "of 5-fold kNN (k=3) predictions with validation accuracy"
     )
-    print(f"{'features':>10} {'raw':>8} {'UMAP':>8}")
+    print(f"{'features':>22} {'raw':>8} {'UMAP':>8}")
     for name, (raw, umap) in rows.items():
-        print(f"{name:>10} {raw:8.3f} {umap:8.3f}")
+        print(f"{name:>22} {raw:8.3f} {umap:8.3f}")
+
+
+def _budgeted_fisher(context, keep, outputs, share, seed) -> np.ndarray:
+    """Fisher features of the finite functions as a budget of ``share`` of the space gives
+    them, the way :class:`optuna_aquasurf._map.SpaceMap` does among all functions: computed for
+    a space-filling subset, placed from output features for the rest; prints the probe's
+    seconds."""
+    from optuna_aquasurf._embedding import principal_components
+    from optuna_aquasurf._fisher_budget import fill_from_neighbours, space_filling_subset
+    from optuna_aquasurf._map import BUDGET_COMPONENTS
+
+    points = principal_components(outputs, BUDGET_COMPONENTS, seed)
+    subset = space_filling_subset(points, round(share * len(context.space)))
+    expressions = [e for e, k in zip(context.space.expressions, keep) if k]
+    start = time.perf_counter()
+    computed = context.probe.features([expressions[i] for i in subset])
+    seconds = time.perf_counter() - start
+    print(f"Fisher features of {len(subset)} functions ({share:.0%}): {seconds:.1f} s")
+    return fill_from_neighbours(points, subset, computed)
 
 
 def main() -> None:

@@ -3,8 +3,9 @@
 The sampler's first picks are the baselines, which need no map. A search whose map is not
 stored yet starts :class:`BackgroundMap`: a process that computes the map (Fisher features of
 the model, then UMAP) and stores it with the study, as any worker would. The first surrogate pick
-then loads it, or waits only for what is left: the store's leases let the search process
-compute the Fisher chunks that the map process has not started, and wait for the rest.
+then loads it, or waits for the map process to finish: on the same cores (or GPU), helping it
+would only slow both down. Workers started by ``--workers`` split the Fisher chunks that the map
+process has not started, through the store's leases.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from optuna_aquasurf.cli._console import err_console
 
 #: Seconds the map process gets to give its leases back when the search ends first.
 STOP_TIMEOUT = 10.0
+#: Exit code of a map process whose map is not the search's (its ``fisher_batch()`` differed).
+OTHER_MAP = 3
 
 
 class BackgroundMap:
@@ -72,12 +75,31 @@ class BackgroundMap:
         if self.process.exitcode == 0:
             seconds = time.perf_counter() - self._started
             err_console.print(f"Map of the space ready ({seconds:.0f} s in the background).")
+        elif self.process.exitcode == OTHER_MAP:
+            err_console.print(
+                "[yellow]fisher_batch() gave the map process another batch than this one[/] (a "
+                "shuffled loader or random augmentation?), so the map cannot be shared: it is "
+                "computed before the first pick that needs it. Return the same batch every time "
+                "to share it with workers and resumed runs."
+            )
         else:
             err_console.print(
                 "[yellow]The background map process stopped with an error;[/] the map is "
                 "computed before the first pick that needs it."
             )
         self.process = None
+
+    def must_wait(self) -> bool:
+        """Whether the next pick needs the map while the map process computes it: the
+        baselines are all taken."""
+        return self.process is not None and not self.study.sampler.baselines_left(self.study)
+
+    def wait(self) -> None:
+        """Wait for the map process to finish, rather than compete with it for the same cores
+        (if it failed, the pick computes what is missing)."""
+        if self.process is not None:
+            self.process.join()
+            self.poll()
 
     def __exit__(self, *exc_info) -> None:
         """Stop the map process if the search ends first; it gives its leases back."""
@@ -102,6 +124,7 @@ def compute_map(path: Path, settings, study_name: str, parent: int) -> None:
     from optuna_aquasurf.cli._optimize import build_sampler
     from optuna_aquasurf.cli._storage import open_storage
     from optuna_aquasurf.cli._userfile import load_user_file
+    from optuna_aquasurf.cli._views import SETTINGS_ATTR
 
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the search process's to handle
@@ -114,17 +137,23 @@ def compute_map(path: Path, settings, study_name: str, parent: int) -> None:
         study = optuna.load_study(
             study_name=study_name, storage=open_storage(settings.storage_url), sampler=sampler
         )
+        if sampler.map_key != study.user_attrs.get(SETTINGS_ATTR, {}).get("map"):
+            sys.exit(OTHER_MAP)
         sampler.embedding(study)
     except Exception:  # noqa: BLE001 - reported by the search process, which computes it again
         sys.exit(1)
 
 
 def _stop_with_parent(parent: int) -> None:
-    """SIGTERM this process once ``parent`` has gone."""
+    """SIGTERM this process once ``parent`` has gone; end it if that has not within
+    :data:`STOP_TIMEOUT` (Python handles the signal only between bytecodes, not inside a long
+    compiled loop)."""
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1.0)
         os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(STOP_TIMEOUT)
+        os._exit(1)
 
     threading.Thread(target=watch, name="aquasurf parent watch", daemon=True).start()

@@ -202,7 +202,7 @@ def optimize(path: Path, settings: SearchSettings, worker: str | None = None) ->
         progress = SearchProgress(err_console, settings.n_trials, done, worker)
         if worker is None:
             with BackgroundMap(study, path, settings) as background:
-                _search(study, user, torch_device, settings, progress, background.poll)
+                _search(study, user, torch_device, settings, progress, background)
         else:  # the process that started the workers computes the map
             _search(study, user, torch_device, settings, progress)
     if worker is None:
@@ -224,19 +224,26 @@ def _enqueue_rerun(study: optuna.Study, trial: FrozenTrial) -> None:
     study.enqueue_trial(trial.params, user_attrs={**kept, "rerun_of": trial.number})
 
 
-def _search(study, user, device, settings: SearchSettings, progress, after=None) -> None:
-    """Run trials until the study has ``n_trials`` finished ones, through lost connections;
-    ``after()`` is called after each trial."""
+def _search(study, user, device, settings: SearchSettings, progress, background=None) -> None:
+    """Run trials until the study has ``n_trials`` finished ones, through lost connections,
+    with the :class:`BackgroundMap` of the search, if any."""
     n_trials, timeout = settings.n_trials, settings.timeout
     deadline = None if timeout is None else time.monotonic() + timeout
     with progress:
+
+        def on_choose(number: int) -> None:
+            if background is not None and background.must_wait():
+                progress.choosing(number, "waiting for the map of the space")
+                background.wait()
+            progress.choosing(number)
+
         objective = Objective(
-            user, device, settings.seed, on_choose=progress.choosing, on_start=progress.started
+            user, device, settings.seed, on_choose=on_choose, on_start=progress.started
         )
 
         def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-            if after is not None:
-                after()
+            if background is not None:
+                background.poll()
             finished = count_finished(study.get_trials(deepcopy=False))
             progress.finished(trial, finished, _views.best_trial(study))
             if finished >= n_trials:

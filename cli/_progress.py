@@ -62,10 +62,9 @@ class SearchProgress:
     def __exit__(self, *exc_info) -> None:
         self._progress.stop()
 
-    def choosing(self, number: int) -> None:
-        """Show the trial whose function is being chosen (the first surrogate pick may wait for
-        the map of the space)."""
-        self._progress.update(self._task, description=f"trial {number}: choosing a function")
+    def choosing(self, number: int, doing: str = "choosing a function") -> None:
+        """Show what the trial whose function is being chosen is ``doing``."""
+        self._progress.update(self._task, description=f"trial {number}: {doing}")
 
     def started(self, number: int, expression: str) -> None:
         """Show the trial that is training now."""

@@ -47,34 +47,32 @@ def model() -> torch.nn.Module:
 
 def data() -> tuple[DataLoader, DataLoader]:
     """Training and validation loaders: the ImageFolder at AQUASURF_DATA, or synthetic images."""
-    if DATA is None:
-        return _loader(_synthetic(512, seed=1), shuffle=True), _loader(_synthetic(256, seed=2))
-    from torchvision import datasets, transforms
-
-    normalize = transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    train = transforms.Compose(
-        [
-            transforms.RandomResizedCrop(SIZE, scale=(0.5, 1.0)),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            normalize,
-        ]
-    )
-    val = transforms.Compose(
-        [transforms.Resize(SIZE), transforms.CenterCrop(SIZE), transforms.ToTensor(), normalize]
-    )
-    root = Path(DATA)
-    return (
-        _loader(datasets.ImageFolder(root / "train", train), shuffle=True),
-        _loader(datasets.ImageFolder(root / "val", val)),
-    )
+    return _loader(_dataset("train", augment=True), shuffle=True), _loader(_dataset("val"))
 
 
 def fisher_batch() -> tuple[torch.Tensor, torch.Tensor]:
-    """32 training images for the Fisher features of the map."""
-    train, _ = data()
-    images, labels = next(iter(train))
-    return images[:32], labels[:32]
+    """The first 32 training images, without augmentation: the same batch in every process, so
+    that the map process, workers and resumed runs share the Fisher features."""
+    return next(iter(DataLoader(_dataset("train"), batch_size=32)))
+
+
+def _dataset(split: str, augment: bool = False):
+    """A split of the ImageFolder at AQUASURF_DATA (with random crops and flips if
+    ``augment``), or of the synthetic images."""
+    if DATA is None:
+        return _synthetic(512, seed=1) if split == "train" else _synthetic(256, seed=2)
+    from torchvision import datasets, transforms
+
+    normalize = transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    if augment:
+        steps = [
+            transforms.RandomResizedCrop(SIZE, scale=(0.5, 1.0)),
+            transforms.RandomHorizontalFlip(),
+        ]
+    else:
+        steps = [transforms.Resize(SIZE), transforms.CenterCrop(SIZE)]
+    transform = transforms.Compose([*steps, transforms.ToTensor(), normalize])
+    return datasets.ImageFolder(Path(DATA) / split, transform)
 
 
 def _loader(dataset, shuffle: bool = False) -> DataLoader:

@@ -8,6 +8,11 @@ import numpy as np
 
 #: Below this many functions UMAP finds the exact nearest neighbours from all pairwise distances.
 _ALL_DISTANCES_BELOW = 4096
+#: From this many functions on, a map is laid out from the leading principal components of each
+#: kind of features, on all cores and without a seed: the stored map is what every worker uses.
+LARGE_MAP = 20_000
+#: Principal components kept of each kind of features in a large map.
+LARGE_MAP_COMPONENTS = 32
 
 
 def embed(
@@ -18,19 +23,24 @@ def embed(
     One UMAP on the output features (euclidean, default neighbours) and one on the Fisher
     features (manhattan, 3 neighbours), combined as a UMAP model union when both are given. With
     a seed UMAP runs single-threaded and gives the same map in every process.
+
+    From :data:`LARGE_MAP` functions on, each UMAP runs on the leading
+    :data:`LARGE_MAP_COMPONENTS` principal components of its features (euclidean), on all cores
+    and without a seed (see :func:`_fit_large`).
     """
     n = len(output_features if output_features is not None else fisher_features)
     if n < 4:
         # UMAP needs a few points; tiny spaces are laid out on a line.
         return np.column_stack([np.arange(n, dtype=np.float32), np.zeros(n, np.float32)])
+    fit = _fit if n < LARGE_MAP else _fit_large
     maps = []
     with warnings.catch_warnings():
         # Spaces hold near-duplicate functions: "graph not fully connected" and the like.
         warnings.filterwarnings("ignore", category=UserWarning)
         if output_features is not None:
-            maps.append(_fit(output_features, min(15, n - 1), "euclidean", seed))
+            maps.append(fit(output_features, min(15, n - 1), "euclidean", seed))
         if fisher_features is not None:
-            maps.append(_fit(fisher_features, 3, "manhattan", seed))
+            maps.append(fit(fisher_features, 3, "manhattan", seed))
         union = maps[0] if len(maps) == 1 else maps[0] + maps[1]
     return union.embedding_.astype(np.float32)
 
@@ -61,3 +71,27 @@ def _fit(features: np.ndarray, n_neighbors: int, metric: str, seed: int):
         n_neighbors=n_neighbors, metric=metric, random_state=seed, n_jobs=1, precomputed_knn=knn
     )
     return mapper.fit(features)
+
+
+def _fit_large(features: np.ndarray, n_neighbors: int, metric: str, seed: int):
+    """UMAP of a large space: of its features' leading principal components, on all cores.
+
+    Distances between 1,000-point outputs cost most of a large map; a few dozen principal
+    components keep the neighbourhoods (``metric`` is then euclidean for both kinds of features).
+    A seed would force UMAP onto one thread, so the layout is not seeded; the PCA is.
+    """
+    import umap
+
+    reduced = principal_components(features, LARGE_MAP_COMPONENTS, seed)
+    return umap.UMAP(n_neighbors=n_neighbors, n_jobs=-1).fit(reduced)
+
+
+def principal_components(features: np.ndarray, n_components: int, seed: int) -> np.ndarray:
+    """The rows of ``features`` on their ``n_components`` leading principal components (a seeded
+    randomized PCA), as float32; ``features`` itself when it has no more columns."""
+    if features.shape[1] <= n_components:
+        return features
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components, svd_solver="randomized", random_state=seed)
+    return pca.fit_transform(features).astype(np.float32)

@@ -5,11 +5,17 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
-from functools import partial
+from functools import cached_property, partial
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from optuna_aquasurf._embedding import LARGE_MAP, LARGE_MAP_COMPONENTS, principal_components
+from optuna_aquasurf._fisher_budget import (
+    DEFAULT_FISHER_BUDGET,
+    fill_from_neighbours,
+    space_filling_subset,
+)
 from optuna_aquasurf._space import SearchSpace
 from optuna_aquasurf._store import Store
 
@@ -18,6 +24,8 @@ if TYPE_CHECKING:
 
 #: Functions whose Fisher features are computed, stored and shared together.
 FISHER_CHUNK = 64
+#: Principal components of the output features on which Fisher features are budgeted.
+BUDGET_COMPONENTS = 32
 
 
 class SpaceMap:
@@ -40,6 +48,12 @@ class SpaceMap:
         Use the output features (False needs a probe).
     key
         Use the map stored under this key instead of computing one (it then never computes).
+    fisher_budget
+        Compute Fisher features for at most this many functions (default
+        :data:`~optuna_aquasurf._fisher_budget.DEFAULT_FISHER_BUDGET`): in a larger space, for a
+        space-filling subset chosen on the output features (:attr:`fisher_subset`); every other
+        function takes the mean Fisher features of its 3 nearest computed ones by output
+        features.
     """
 
     def __init__(
@@ -49,6 +63,7 @@ class SpaceMap:
         seed: int | None = None,
         use_outputs: bool = True,
         key: str | None = None,
+        fisher_budget: int | None = None,
     ):
         if not use_outputs and probe is None and key is None:
             raise ValueError("use_outputs=False needs a probe: the map needs some features")
@@ -56,6 +71,10 @@ class SpaceMap:
         self.probe = probe
         self.seed = 0 if seed is None else seed
         self.use_outputs = use_outputs
+        budget = DEFAULT_FISHER_BUDGET if fisher_budget is None else fisher_budget
+        if budget < 1:
+            raise ValueError(f"fisher_budget must be a positive number, got {fisher_budget}")
+        self.fisher_budget = min(budget, len(space))
         self._given_key = key
         self._lock = threading.RLock()
         self._embedding: np.ndarray | None = None
@@ -70,7 +89,26 @@ class SpaceMap:
             return self._given_key
         probe = self.probe.fingerprint if self.probe is not None else "no-probe"
         identity = f"{self.space.fingerprint}|{probe}|outputs={self.use_outputs}|{self.seed}"
-        return hashlib.sha256(identity.encode()).hexdigest()
+        return hashlib.sha256((identity + self._budget_identity()).encode()).hexdigest()
+
+    def _budget_identity(self) -> str:
+        """What the budget adds to keys: nothing while every function gets Fisher features."""
+        if self.probe is None or self.fisher_budget == len(self.space):
+            return ""
+        return f"|fisher_budget={self.fisher_budget}"
+
+    @cached_property
+    def fisher_subset(self) -> np.ndarray:
+        """Positions of the functions whose Fisher features are computed: all of them, or
+        ``fisher_budget`` chosen to cover the output features (farthest first, on their
+        leading principal components)."""
+        if self.fisher_budget == len(self.space):
+            return np.arange(len(self.space))
+        return space_filling_subset(self._output_components, self.fisher_budget)
+
+    @cached_property
+    def _output_components(self) -> np.ndarray:
+        return principal_components(self.output_features(), BUDGET_COMPONENTS, self.seed)
 
     def is_ready(self, store: Store) -> bool:
         """Whether :meth:`embedding` returns at once: computed here, or saved in ``store``."""
@@ -91,7 +129,7 @@ class SpaceMap:
             if self._given_key is not None:
                 raise ValueError(f"no map is stored under the key {self.key!r}")
             # Outside the map's lease: every worker takes its share of the features.
-            fisher = self.fisher_features(store) if self.probe is not None else None
+            fisher = self._all_fisher_features(store) if self.probe is not None else None
 
             def compute() -> list[np.ndarray]:
                 from optuna_aquasurf._embedding import embed
@@ -102,17 +140,28 @@ class SpaceMap:
             self._embedding = store.compute_once("embeddings", self.key, compute)[0]
             return self._embedding
 
+    def _all_fisher_features(self, store: Store) -> np.ndarray:
+        """Fisher features of every function: computed ones, and the others placed from them."""
+        computed = self.fisher_features(store)
+        if len(computed) == len(self.space):
+            return computed
+        if len(self.space) >= LARGE_MAP:  # the map reads only principal components
+            computed = principal_components(computed, LARGE_MAP_COMPONENTS, self.seed)
+        return fill_from_neighbours(self._output_components, self.fisher_subset, computed)
+
     def fisher_features(self, store: Store) -> np.ndarray:
-        """Fisher features of every function, computed (and saved in ``store``) chunk by chunk.
+        """Fisher features of the functions of :attr:`fisher_subset` (all, within the budget),
+        one row each, computed (and saved in ``store``) chunk by chunk.
 
         Workers of one study split the chunks: each first computes those that no other worker
         is computing, then waits for the others' results.
         """
         if self.probe is None:
             raise ValueError("this map has no probe: give probe=FisherProbe(...)")
-        identity = f"{self.space.fingerprint}|{self.probe.fingerprint}"
+        identity = f"{self.space.fingerprint}|{self.probe.fingerprint}{self._budget_identity()}"
         key = hashlib.sha256(identity.encode()).hexdigest()
-        expressions = self.space.expressions
+        every = self.space.expressions
+        expressions = [every[i] for i in self.fisher_subset]
 
         def compute(chunk: int) -> list[np.ndarray]:
             part = expressions[chunk * FISHER_CHUNK : (chunk + 1) * FISHER_CHUNK]
@@ -120,7 +169,7 @@ class SpaceMap:
 
         rows: dict[int, np.ndarray] = {}
         for wait in (False, True):
-            for chunk in range(math.ceil(len(self.space) / FISHER_CHUNK)):
+            for chunk in range(math.ceil(len(expressions) / FISHER_CHUNK)):
                 if chunk not in rows:
                     saved = store.compute_once("fisher", key, partial(compute, chunk), chunk, wait)
                     if saved is not None:

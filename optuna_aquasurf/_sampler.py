@@ -89,6 +89,10 @@ class AquaSurfSampler(BaseSampler):
         Also suggest functions that are infinite or NaN at some probe points.
     use_outputs
         Use the output features in the map; False (with a probe) maps by Fisher features alone.
+    fisher_budget
+        With a ``probe``: compute Fisher features for at most this many functions (default
+        4,096); in a larger space for a space-filling subset, the others placed in the map
+        from their output features (see :class:`SpaceMap`).
     map_key
         Use the map stored with the study under this key (the :attr:`map_key` of the sampler
         that computed it) instead of this sampler's own: to read a study without the model of
@@ -124,6 +128,7 @@ class AquaSurfSampler(BaseSampler):
         independent_sampler: BaseSampler | None = None,
         include_non_finite: bool = False,
         use_outputs: bool = True,
+        fisher_budget: int | None = None,
         map_key: str | None = None,
     ):
         if acquisition not in _acquisition.ACQUISITIONS:
@@ -149,6 +154,7 @@ class AquaSurfSampler(BaseSampler):
         self._independent_sampler = independent_sampler or TPESampler(seed=seed)
         self._include_non_finite = include_non_finite
         self._use_outputs = use_outputs
+        self._fisher_budget = fisher_budget
         self._map_key = map_key
         self._lock = threading.RLock()
         self._fixed_params: dict[int, dict[str, Any]] = {}
@@ -171,7 +177,12 @@ class AquaSurfSampler(BaseSampler):
                     ["binary(unary(x),unary(x))"], unary=PAPER_UNARY
                 )
                 self._space_map = SpaceMap(
-                    space, self._probe, self._seed, self._use_outputs, self._map_key
+                    space,
+                    self._probe,
+                    self._seed,
+                    self._use_outputs,
+                    key=self._map_key,
+                    fisher_budget=self._fisher_budget,
                 )
             return self._space_map
 
@@ -233,9 +244,17 @@ class AquaSurfSampler(BaseSampler):
         :meth:`embedding` returns at once."""
         return self.space_map.is_ready(self._store(study))
 
+    def baselines_left(self, study: optuna.Study, name: str = "activation") -> list[str]:
+        """The baselines in the space that no trial of ``study`` has tried or is trying: the
+        next picks, which need no map."""
+        with self._lock:
+            tried = {f for _, (f, exact) in self._trials(study, name, exclude=None) if exact}
+            return [b for f, b in self._baseline_names().items() if f not in tried]
+
     def fisher_features(self, study: optuna.Study | None = None) -> np.ndarray:
-        """Fisher features of every function of the space (one row each), computed once and
-        stored with ``study``; several workers calling this split the work between them."""
+        """Fisher features of the functions within the budget (every function of a space of at
+        most ``fisher_budget``; else those of :attr:`SpaceMap.fisher_subset`), one row each,
+        computed once and stored with ``study``; several workers calling this split the work."""
         if self._probe is None:
             raise ValueError("this sampler has no probe: give probe=FisherProbe(...)")
         return self.space_map.fisher_features(self._store(study))

@@ -202,11 +202,10 @@ class SearchSpace:
         """Float32 outputs of functions (all by default) at the probe points, one row each."""
         chosen = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
         names = self._representatives[chosen]
-        parts = [
-            self._name_outputs(names[i : i + self._batch_size])
-            for i in range(0, len(names), self._batch_size)
-        ]
-        return torch.cat(parts) if parts else torch.empty(0, N_PROBE_POINTS)
+        out = torch.empty(len(names), N_PROBE_POINTS)  # filled in batches: held once
+        for i in range(0, len(names), self._batch_size):
+            out[i : i + self._batch_size] = self._name_outputs(names[i : i + self._batch_size])
+        return out
 
     @cached_property
     def fingerprint(self) -> str:

@@ -265,3 +265,16 @@ def test_digits_example_short_search(tmp_path):
     assert [t.state for t in done] == [TrialState.COMPLETE] * 2
     assert all(0.1 < t.value <= 1.0 for t in done)
     assert all(t.intermediate_values == {1: t.value} for t in done)
+
+
+def test_a_fisher_batch_that_changes_between_processes_is_reported(tmp_path):
+    """The map process gets another batch from a random fisher_batch(): its map would not be the
+    search's, so it says so and stops; the search computes the map itself."""
+    random_batch = (
+        "\n\ndef fisher_batch():\n    return torch.randn(8, 4), torch.randint(0, 1, (8,))\n"
+    )
+    (tmp_path / "tiny.py").write_text(TINY + random_batch)
+    result = aquasurf("optimize", "tiny.py", "--n-trials", "8", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "fisher_batch() gave the map process another batch" in result.stderr
+    assert [t.state for t in trials(tmp_path)] == [TrialState.COMPLETE] * 8

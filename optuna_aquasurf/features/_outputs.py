@@ -28,4 +28,5 @@ def output_features(space: SearchSpace, clip: float = OUTPUT_CLIP) -> np.ndarray
     if not clip > 0:
         raise ValueError(f"clip must be positive, got {clip}")
     outputs = space.outputs().numpy()
-    return np.clip(np.nan_to_num(outputs, nan=0.0, posinf=clip, neginf=-clip), -clip, clip)
+    np.nan_to_num(outputs, copy=False, nan=0.0, posinf=clip, neginf=-clip)
+    return np.clip(outputs, -clip, clip, out=outputs)  # in place: 400,000 rows are 1.6 GB
