@@ -78,12 +78,15 @@ def _fit_large(features: np.ndarray, n_neighbors: int, metric: str, seed: int):
 
     Distances between 1,000-point outputs cost most of a large map; a few dozen principal
     components keep the neighbourhoods (``metric`` is then euclidean for both kinds of features).
-    A seed would force UMAP onto one thread, so the layout is not seeded; the PCA is.
+    The layout starts from the principal components, not from a spectral embedding. A seed would
+    force UMAP onto one thread, so the layout is not seeded; the PCA is.
     """
     import umap
 
     reduced = principal_components(features, LARGE_MAP_COMPONENTS, seed)
-    return umap.UMAP(n_neighbors=n_neighbors, n_jobs=-1).fit(reduced)
+    # A spectral start solves an eigenproblem per connected component of the neighbour graph,
+    # and the near-duplicate functions of a large space make thousands of components.
+    return umap.UMAP(n_neighbors=n_neighbors, init="pca", n_jobs=-1).fit(reduced)
 
 
 def principal_components(features: np.ndarray, n_components: int, seed: int) -> np.ndarray:

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 FISHER_CHUNK = 64
 #: Principal components of the output features on which Fisher features are budgeted.
 BUDGET_COMPONENTS = 32
+#: Functions whose distance to an expression outside the space is measured exactly.
+NEAREST_CHECKED = 64
 
 
 class SpaceMap:
@@ -207,5 +209,17 @@ class SpaceMap:
         from optuna_aquasurf.features import output_features
 
         point = output_features(SearchSpace.from_expressions([expression]))[0]
-        distances = np.linalg.norm(self.output_features() - point, axis=1)
-        return int(np.argmin(distances))
+        outputs = self.output_features()
+        # |a - b|^2 = |a|^2 - 2 a.b + |b|^2: one matrix-vector product, no copy of the outputs;
+        # its float32 rounding can reorder near ties, so the closest few are measured exactly.
+        rough = self._squared_norms - 2 * (outputs @ point)
+        closest = np.sort(
+            np.argpartition(rough, min(NEAREST_CHECKED, len(rough) - 1))[:NEAREST_CHECKED]
+        )
+        exact = np.linalg.norm(outputs[closest] - point, axis=1)
+        return int(closest[np.argmin(exact)])
+
+    @cached_property
+    def _squared_norms(self) -> np.ndarray:
+        outputs = self.output_features()
+        return np.einsum("ij,ij->i", outputs, outputs)
