@@ -16,6 +16,7 @@ _EXPORTS = {
     "AquaSurfSampler": "_sampler",
     "suggest_activation": "_sampler",
     "SpaceExhaustedError": "_sampler",
+    "SpaceMap": "_map",
     "Candidate": "_space",
     "SearchSpace": "_space",
     "Expression": "_expression",
@@ -43,6 +44,7 @@ __all__ = [
     "Operator",
     "SearchSpace",
     "SpaceExhaustedError",
+    "SpaceMap",
     "canonical",
     "parse",
     "register_operator",
@@ -52,6 +54,7 @@ __all__ = [
 if TYPE_CHECKING:
     from optuna_aquasurf._activation import ActivationFunction
     from optuna_aquasurf._expression import Expression, ExpressionError, canonical, parse
+    from optuna_aquasurf._map import SpaceMap
     from optuna_aquasurf._operators import (
         ALL_BINARY,
         ALL_NARY,

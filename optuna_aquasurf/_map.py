@@ -56,6 +56,15 @@ class SpaceMap:
         space-filling subset chosen on the output features (:attr:`fisher_subset`); every other
         function takes the mean Fisher features of its 3 nearest computed ones by output
         features.
+
+    Examples
+    --------
+    >>> from optuna_aquasurf import SearchSpace, SpaceMap
+    >>> space_map = SpaceMap(SearchSpace.from_expressions(["relu(x)", "tanh(x)", "abs(x)"]))
+    >>> space_map.locate("max(x,zero(x))")  # relu under another name
+    (0, True)
+    >>> space_map.locate("softsign(x)")  # outside the space: the nearest function, tanh
+    (1, False)
     """
 
     def __init__(

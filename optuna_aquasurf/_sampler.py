@@ -139,6 +139,8 @@ class AquaSurfSampler(BaseSampler):
             raise ValueError(f"n_design must be >= 0, got {n_design}")
         if not exploration >= 0:
             raise ValueError(f"exploration must be >= 0, got {exploration}")
+        if fisher_budget is not None and fisher_budget < 1:
+            raise ValueError(f"fisher_budget must be a positive number, got {fisher_budget}")
         if not use_outputs and probe is None and map_key is None:
             raise ValueError("use_outputs=False needs a probe: the map needs some features")
         if space is not None and not isinstance(space, SearchSpace):

@@ -85,6 +85,8 @@ def test_sampler_passes_its_budget(space, probe):
     assert sampler.fisher_features().shape == (30, probe.feature_length)
     with pytest.raises(ValueError, match="fisher_budget"):
         SpaceMap(space, probe, fisher_budget=0)
+    with pytest.raises(ValueError, match="fisher_budget"):
+        AquaSurfSampler(space, probe, fisher_budget=0)
 
 
 def test_large_spaces_are_laid_out_from_principal_components(space, probe, monkeypatch):
