@@ -32,7 +32,8 @@ def embed(
     if n < 4:
         # UMAP needs a few points; tiny spaces are laid out on a line.
         return np.column_stack([np.arange(n, dtype=np.float32), np.zeros(n, np.float32)])
-    fit = _fit if n < LARGE_MAP else _fit_large
+    large = n >= LARGE_MAP
+    fit = _fit_large if large else _fit
     maps = []
     with warnings.catch_warnings():
         # Spaces hold near-duplicate functions: "graph not fully connected" and the like.
@@ -41,8 +42,45 @@ def embed(
             maps.append(fit(output_features, min(15, n - 1), "euclidean", seed))
         if fisher_features is not None:
             maps.append(fit(fisher_features, 3, "manhattan", seed))
-        union = maps[0] if len(maps) == 1 else maps[0] + maps[1]
-    return union.embedding_.astype(np.float32)
+        if len(maps) == 1:
+            return maps[0].embedding_.astype(np.float32)
+        if large:
+            return _union_large(*maps)
+        return (maps[0] + maps[1]).embedding_.astype(np.float32)
+
+
+def _union_large(first, second) -> np.ndarray:
+    """The layout of the union of two large maps' graphs, as UMAP's ``first + second`` makes it,
+    but started from ``first``'s layout and on all cores (UMAP's own starts from a spectral
+    embedding of the whole graph, on one thread)."""
+    from umap.umap_ import (
+        general_simplicial_set_union,
+        reset_local_connectivity,
+        simplicial_set_embedding,
+    )
+
+    graph = general_simplicial_set_union(first.graph_, second.graph_)
+    graph = reset_local_connectivity(graph, True)
+    embedding, _ = simplicial_set_embedding(
+        None,
+        graph,
+        2,
+        1.0,
+        first._a,
+        first._b,
+        1.0,
+        5,
+        None,
+        first.embedding_,
+        np.random.RandomState(),
+        "euclidean",
+        {},
+        False,
+        {},
+        False,
+        parallel=True,
+    )
+    return embedding.astype(np.float32)
 
 
 def _fit(features: np.ndarray, n_neighbors: int, metric: str, seed: int):
