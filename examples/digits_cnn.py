@@ -2,9 +2,10 @@
 
     aquasurf optimize examples/digits_cnn.py --n-trials 20
 
-searches the paper's 2,918 activation functions in 3 to 5 minutes on 2 CPU cores: about 1.5 for
-the map of the space (computed once per study, with the Fisher spectrum of this network from
-``fisher_batch``), then a few seconds per trial. ``AQUASURF_EPOCHS=1`` makes trials quicker.
+searches the paper's 2,918 activation functions in a few minutes on 2 CPU cores, a few seconds
+per trial. The map of the space (computed once per study, with the Fisher spectrum of this network
+from ``fisher_batch``) is computed in the background while the 8 baselines train; the first
+surrogate pick waits for what is left of it. ``AQUASURF_EPOCHS=1`` makes trials quicker.
 """
 
 import os
