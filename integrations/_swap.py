@@ -268,7 +268,8 @@ def find_activation_sites(
     >>> def build():
     ...     return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     >>> sites = find_activation_sites(build(), example_input=torch.randn(2, 4))
-    >>> [build() for _ in range(2)] and sites.apply(build(), nn.Tanh())[0][1]
+    >>> model, report = sites.apply(build(), nn.Tanh())  # another instance, no forward pass
+    >>> model[1]
     Tanh()
     """
     policy = policy or SwapPolicy()
@@ -348,9 +349,7 @@ def _structure(model: nn.Module) -> tuple[tuple[str, str], ...]:
 
 
 def _structure_difference(found: tuple, given: tuple) -> str:
-    first = next(
-        (i for i, (a, b) in enumerate(itertools.zip_longest(found, given)) if a != b), None
-    )
+    first = next(i for i, (a, b) in enumerate(itertools.zip_longest(found, given)) if a != b)
     expected = found[first] if first < len(found) else "nothing"
     got = given[first] if first < len(given) else "nothing"
     return (
@@ -359,12 +358,18 @@ def _structure_difference(found: tuple, given: tuple) -> str:
     )
 
 
+def _device_of(module: nn.Module) -> torch.device | None:
+    """The device of the module's first parameter or buffer (None without any)."""
+    tensor = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return None if tensor is None else tensor.device
+
+
 def _on_device(example: tuple, model: nn.Module) -> tuple:
-    """The tensors of ``example`` on the device of the model's first parameter or buffer."""
-    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
-    if tensor is None:
+    """The tensors of ``example`` on the model's device."""
+    device = _device_of(model)
+    if device is None:
         return example
-    return tuple(x.to(tensor.device) if isinstance(x, torch.Tensor) else x for x in example)
+    return tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in example)
 
 
 def _chain(named: dict[str, nn.Module], path: str) -> list[nn.Module]:
@@ -380,9 +385,9 @@ def _activations(model, new: list[_NewModule], kept: list[nn.Module]) -> list[nn
 def _new_activation(make: Callable[[], nn.Module], parent: nn.Module) -> nn.Module:
     """A new activation module on its parent's device and in its parent's mode."""
     module = make()
-    tensor = next(itertools.chain(parent.parameters(), parent.buffers()), None)
-    if tensor is not None:
-        module.to(tensor.device)
+    device = _device_of(parent)
+    if device is not None:
+        module.to(device)
     return module.train(parent.training)
 
 
