@@ -26,7 +26,12 @@ from optuna_aquasurf.cli._progress import SearchProgress
 from optuna_aquasurf.cli._storage import masked, open_storage
 from optuna_aquasurf.cli._tracking_storage import last_started
 from optuna_aquasurf.cli._trials import LOST_CONNECTION, count_finished, pending_reruns
-from optuna_aquasurf.cli._userfile import SwappedModel, UserFile, load_user_file, user_traceback
+from optuna_aquasurf.cli._userfile import (
+    SwappedModel,
+    UserFile,
+    errors_of_user_code,
+    load_user_file,
+)
 
 #: Rows of the table shown at the end.
 TOP_ROWS = 10
@@ -62,15 +67,12 @@ def find_sites(user: UserFile) -> None:
     """
     if not isinstance(user.build, SwappedModel):
         return
-    try:
+    problem = (
+        f"Finding the activations of model() in {user.path} with a forward pass of "
+        f"{user.example_source} failed"
+    )
+    with errors_of_user_code(problem):
         report = user.build.sites().report
-    except UserError:
-        raise
-    except Exception as error:
-        raise UserError(
-            f"Finding the activations of model() in {user.path} with a forward pass of "
-            f"{user.example_source} failed:\n{user_traceback(error)}"
-        ) from None
     counts = ", ".join(f"{n} {action}" for action, n in report.counts.items() if n)
     err_console.print(f"Activations of model(): {counts or 'none found'}.")
 
@@ -143,10 +145,8 @@ def _map_key(study: optuna.Study) -> str:
     UserError
         When building the model fails.
     """
-    try:
+    with errors_of_user_code("Computing the map failed"):
         return study.sampler.map_key
-    except Exception as error:
-        raise UserError(f"Computing the map failed:\n{user_traceback(error)}") from None
 
 
 def describe(study: optuna.Study, user: UserFile, settings: SearchSettings, where: str) -> int:

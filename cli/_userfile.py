@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import re
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -112,16 +113,14 @@ class UserFile:
         UserError
             When neither gives an input batch.
         """
-        try:
+        problem = f"{self.example_source} in {self.path} gave no input batch for model()"
+        with errors_of_user_code(problem):
             if self.fisher_batch is not None:
                 inputs = self.fisher_data[0]
             else:
                 inputs = next(iter(self.loaders[0]))[0]
             example = tuple(inputs) if isinstance(inputs, tuple | list) else (inputs,)
             return tuple(x[:2] if hasattr(x, "shape") and x.ndim else x for x in example)
-        except Exception as error:
-            message = f"{self.example_source} in {self.path} gave no input batch for model():\n"
-            raise UserError(message + user_traceback(error)) from None
 
     @functools.cached_property
     def loaders(self) -> tuple[Any, Any]:
@@ -152,14 +151,11 @@ class UserFile:
             return None
         from optuna_aquasurf.features import FisherProbe
 
-        try:
+        with errors_of_user_code(f"fisher_batch() in {self.path} failed"):
             inputs, targets = self.fisher_data
             return FisherProbe(
                 self.build, inputs, targets, seed=seed, device=device, progress=False
             )
-        except Exception as error:
-            message = f"fisher_batch() in {self.path} failed:\n{user_traceback(error)}"
-            raise UserError(message) from None
 
 
 def load_user_file(path: Path) -> UserFile:
@@ -274,6 +270,18 @@ def user_traceback(error: BaseException) -> str:
     lines = ["Traceback (most recent call last):\n", *traceback.format_list(kept or frames)]
     lines += traceback.format_exception_only(type(error), error)
     return "".join(lines).rstrip()
+
+
+@contextlib.contextmanager
+def errors_of_user_code(problem: str) -> Iterator[None]:
+    """Turn an exception raised in the body (in the user's code) into a :class:`UserError`:
+    ``problem``, then the user's traceback. A UserError passes as it is."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as error:
+        raise UserError(f"{problem}:\n{user_traceback(error)}") from None
 
 
 def _pair(value: Any, requirement: str) -> tuple[Any, Any]:
