@@ -260,11 +260,10 @@ def _budgeted_fisher(context, keep, outputs, share, seed) -> np.ndarray:
     them, the way :class:`optuna_aquasurf._map.SpaceMap` does among all functions: computed for
     a space-filling subset, placed from output features for the rest; prints the probe's
     seconds."""
-    from optuna_aquasurf._embedding import principal_components
+    from optuna_aquasurf._embedding import LARGE_MAP_COMPONENTS, principal_components
     from optuna_aquasurf._fisher_budget import fill_from_neighbours, space_filling_subset
-    from optuna_aquasurf._map import BUDGET_COMPONENTS
 
-    points = principal_components(outputs, BUDGET_COMPONENTS, seed)
+    points = principal_components(outputs, LARGE_MAP_COMPONENTS, seed)
     subset = space_filling_subset(points, round(share * len(context.space)))
     expressions = [e for e, k in zip(context.space.expressions, keep) if k]
     start = time.perf_counter()

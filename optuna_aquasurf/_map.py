@@ -24,10 +24,18 @@ if TYPE_CHECKING:
 
 #: Functions whose Fisher features are computed, stored and shared together.
 FISHER_CHUNK = 64
-#: Principal components of the output features on which Fisher features are budgeted.
-BUDGET_COMPONENTS = 32
 #: Functions whose distance to an expression outside the space is measured exactly.
 NEAREST_CHECKED = 64
+
+
+def check_map_options(
+    probe: FisherProbe | None, use_outputs: bool, key: str | None, fisher_budget: int | None
+) -> None:
+    """Raise ValueError for options that cannot make a map (see :class:`SpaceMap`)."""
+    if fisher_budget is not None and fisher_budget < 1:
+        raise ValueError(f"fisher_budget must be a positive number, got {fisher_budget}")
+    if not use_outputs and probe is None and key is None:
+        raise ValueError("use_outputs=False needs a probe: the map needs some features")
 
 
 class SpaceMap:
@@ -76,15 +84,12 @@ class SpaceMap:
         key: str | None = None,
         fisher_budget: int | None = None,
     ):
-        if not use_outputs and probe is None and key is None:
-            raise ValueError("use_outputs=False needs a probe: the map needs some features")
+        check_map_options(probe, use_outputs, key, fisher_budget)
         self.space = space
         self.probe = probe
         self.seed = 0 if seed is None else seed
         self.use_outputs = use_outputs
         budget = DEFAULT_FISHER_BUDGET if fisher_budget is None else fisher_budget
-        if budget < 1:
-            raise ValueError(f"fisher_budget must be a positive number, got {fisher_budget}")
         self.fisher_budget = min(budget, len(space))
         self._given_key = key
         self._lock = threading.RLock()
@@ -119,7 +124,16 @@ class SpaceMap:
 
     @cached_property
     def _output_components(self) -> np.ndarray:
-        return principal_components(self.output_features(), BUDGET_COMPONENTS, self.seed)
+        """The output features on their leading principal components, as a large map reads
+        them; the Fisher budget is chosen and placed on them too."""
+        return principal_components(self.output_features(), LARGE_MAP_COMPONENTS, self.seed)
+
+    @cached_property
+    def _fisher_expressions(self) -> list[str]:
+        """The expressions of :attr:`fisher_subset`."""
+        if self.fisher_budget == len(self.space):
+            return self.space.expressions
+        return [self.space[int(i)].expression for i in self.fisher_subset]
 
     def is_ready(self, store: Store) -> bool:
         """Whether :meth:`embedding` returns at once: computed here, or saved in ``store``."""
@@ -145,7 +159,10 @@ class SpaceMap:
             def compute() -> list[np.ndarray]:
                 from optuna_aquasurf._embedding import embed
 
-                outputs = self.output_features() if self.use_outputs else None
+                outputs = None
+                if self.use_outputs:  # a large map reads the components only: one PCA serves
+                    large = len(self.space) >= LARGE_MAP
+                    outputs = self._output_components if large else self.output_features()
                 return [embed(outputs, fisher, self.seed)]
 
             self._embedding = store.compute_once("embeddings", self.key, compute)[0]
@@ -171,8 +188,7 @@ class SpaceMap:
             raise ValueError("this map has no probe: give probe=FisherProbe(...)")
         identity = f"{self.space.fingerprint}|{self.probe.fingerprint}{self._budget_identity()}"
         key = hashlib.sha256(identity.encode()).hexdigest()
-        every = self.space.expressions
-        expressions = [every[i] for i in self.fisher_subset]
+        expressions = self._fisher_expressions
 
         def compute(chunk: int) -> list[np.ndarray]:
             part = expressions[chunk * FISHER_CHUNK : (chunk + 1) * FISHER_CHUNK]

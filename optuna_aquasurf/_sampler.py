@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna_aquasurf import _acquisition
 from optuna_aquasurf._activation import ActivationFunction
 from optuna_aquasurf._expression import canonical
-from optuna_aquasurf._map import SpaceMap
+from optuna_aquasurf._map import SpaceMap, check_map_options
 from optuna_aquasurf._operators import PAPER_UNARY
 from optuna_aquasurf._space import SearchSpace
 from optuna_aquasurf._store import MemoryStore, Store, store_for
@@ -139,10 +139,7 @@ class AquaSurfSampler(BaseSampler):
             raise ValueError(f"n_design must be >= 0, got {n_design}")
         if not exploration >= 0:
             raise ValueError(f"exploration must be >= 0, got {exploration}")
-        if fisher_budget is not None and fisher_budget < 1:
-            raise ValueError(f"fisher_budget must be a positive number, got {fisher_budget}")
-        if not use_outputs and probe is None and map_key is None:
-            raise ValueError("use_outputs=False needs a probe: the map needs some features")
+        check_map_options(probe, use_outputs, map_key, fisher_budget)
         if space is not None and not isinstance(space, SearchSpace):
             space = SearchSpace.from_expressions(list(space))
         self._space = space
