@@ -6,9 +6,13 @@
 
 Results are appended to ``benchmarks/results/replay_<arch>.jsonl`` (one line per sampler and
 seed; a rerun skips what is there), then summarised: median evaluations to reach the best
-function, the top 1% and the top 5%, median regret after 25/50/100/200 trials, and a PNG of the
+function, the top 1% and the top 5%, median regret after 10/25/50/100/200 trials, and a PNG of the
 best-so-far curves with interquartile bands (``benchmarks/results/replay_<arch>.png``). The score
-is validation accuracy (maximised); regret is the best accuracy in the table minus the best found.
+is the table's main score (validation accuracy, or -log10 of the validation MSE for
+``regression``; maximised); regret is the best score in the table minus the best found. The
+table's noise unit (the standard deviation of a good function's score between two training
+seeds, from its noise re-run) is printed beside; a regret is marked ``*`` where it is lower than
+every other sampler's by more than that unit.
 """
 
 from __future__ import annotations
@@ -22,16 +26,18 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+from sklearn.neighbors import KNeighborsRegressor
 
 from benchmarks.act_bench_digits import load_act_bench_digits
-from benchmarks.act_bench_digits._train import build_model, digits_splits
+from benchmarks.act_bench_digits._train import build_model, task_of
+from benchmarks.act_bench_digits.build import GOOD_SCORE
 from benchmarks.evolution import RegularizedEvolutionSampler
 from optuna_aquasurf import AquaSurfSampler, SearchSpace, suggest_activation
 from optuna_aquasurf._operators import PAPER_UNARY
 from optuna_aquasurf.features import FisherProbe
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CHECKPOINTS = (25, 50, 100, 200)
+CHECKPOINTS = (10, 25, 50, 100, 200)
 FISHER_BATCH = 128
 
 
@@ -41,19 +47,34 @@ def _aquasurf(**options):
     return lambda c, s: AquaSurfSampler(c.space, c.probe if probe else None, seed=s, **options)
 
 
+def _on_the_map(**options):
+    """The default of versions up to 0.4: kNN (k=3, uniform) on the 2-D map, 16 space-filling
+    picks, then the distance bonus; ``options`` vary it."""
+    settings = {"surrogate": "map", "acquisition": "explore", "n_design": 16, **options}
+
+    def make(c, s):
+        return _aquasurf(regressor=KNeighborsRegressor(n_neighbors=3), **settings)(c, s)
+
+    return make
+
+
 SAMPLERS = {
     "aquasurf": _aquasurf(),
-    "aquasurf-outputs": _aquasurf(probe=None),
-    "aquasurf-fisher": _aquasurf(use_outputs=False),
-    "greedy": _aquasurf(acquisition="greedy"),
-    # Variants of the default acquisition, to choose its settings.
-    "explore-0.25": _aquasurf(exploration=0.25),
-    "explore-1": _aquasurf(exploration=1.0),
-    "design-0": _aquasurf(n_design=0),
-    "design-8": _aquasurf(n_design=8),
+    "aquasurf-map": _on_the_map(),
+    "greedy": _on_the_map(acquisition="greedy", n_design=0),
+    "greedy-features": _aquasurf(acquisition="greedy"),
+    "ucb-0.25": _aquasurf(exploration=0.25),
+    "ucb-1": _aquasurf(exploration=1.0),
+    "aquasurf-outputs": _on_the_map(probe=None),
+    "aquasurf-fisher": _on_the_map(use_outputs=False),
+    # Variants of the map's acquisition, to choose its settings.
+    "explore-0.25": _on_the_map(exploration=0.25),
+    "explore-1": _on_the_map(exploration=1.0),
+    "design-0": _on_the_map(n_design=0),
+    "design-8": _on_the_map(n_design=8),
     # Fisher features on a budget: of a space-filling 10% and 25% of the space.
-    "fisher-10%": _aquasurf(fisher_budget=292),
-    "fisher-25%": _aquasurf(fisher_budget=730),
+    "fisher-10%": _on_the_map(fisher_budget=292),
+    "fisher-25%": _on_the_map(fisher_budget=730),
     "random": lambda c, s: optuna.samplers.RandomSampler(seed=s),
     "tpe": lambda c, s: optuna.samplers.TPESampler(seed=s),
     "gp": lambda c, s: optuna.samplers.GPSampler(seed=s),
@@ -72,7 +93,7 @@ class Context:
         self.arch = arch
         self.table = load_act_bench_digits(arch)
         self.space = SearchSpace.from_schemas(["binary(unary(x),unary(x))"], unary=PAPER_UNARY)
-        train = digits_splits()["train"]
+        train = task_of(arch).splits()["train"]
         self.probe = FisherProbe(
             functools.partial(_probe_model, arch),
             train.x[:FISHER_BATCH],
@@ -82,7 +103,7 @@ class Context:
         self.scores = np.array([self.table.value(e) for e in self.space.expressions])
 
     def run(self, sampler_name: str, seed: int, n_trials: int) -> list[float]:
-        """Validation accuracy of each trial of one search."""
+        """The score of each trial of one search."""
         sampler = SAMPLERS[sampler_name](self, seed)
         study = optuna.create_study(direction="maximize", sampler=sampler)
         if isinstance(sampler, AquaSurfSampler):
@@ -152,15 +173,19 @@ def summarise(arch: str, samplers: list[str], n_trials: int) -> None:
     scores = np.array([table.value(e) for e in space.expressions])
     best = scores.max()
     top1, top5 = np.quantile(scores, 0.99), np.quantile(scores, 0.95)
+    unit = noise_unit(arch)
     runs = [r for r in _read(RESULTS / f"replay_{arch}.jsonl") if len(r["values"]) >= n_trials]
     checkpoints = [c for c in CHECKPOINTS if c <= n_trials]
+    image = ", one validation image 0.0028" if table.score_column == "val_acc" else ""
     print(
-        f"\nAct-Bench-Digits {arch}: {len(scores)} functions, best val_acc {best:.4f}, "
-        f"top 1% >= {top1:.4f}, top 5% >= {top5:.4f}; medians over seeds"
+        f"\nAct-Bench-Digits {arch}: {len(scores)} functions, best {table.score_column} "
+        f"{best:.4f}, top 1% >= {top1:.4f}, top 5% >= {top5:.4f}; noise unit {unit:.4f} (std of "
+        f"a good function's score between training seeds{image}); medians over seeds; * = lower "
+        "than every other sampler's by more than the noise unit"
     )
     header = f"{'sampler':>16} {'seeds':>5} {'to best':>8} {'to top1%':>8} {'to top5%':>8}"
-    print(header + "".join(f" {'regret@' + str(c):>10}" for c in checkpoints))
-    curves = {}
+    print(header + "".join(f" {'regret@' + str(c):>11}" for c in checkpoints))
+    curves, rows = {}, {}
     for name in samplers:
         mine = [r["values"][:n_trials] for r in runs if r["sampler"] == name]
         if not mine:
@@ -168,13 +193,29 @@ def summarise(arch: str, samplers: list[str], n_trials: int) -> None:
         so_far = np.maximum.accumulate(np.array(mine), axis=1)
         curves[name] = so_far
         reach = [_median_reach(so_far, level) for level in (best, top1, top5)]
-        regrets = [np.median(best - so_far[:, c - 1]) for c in checkpoints]
+        rows[name] = (len(mine), reach, [np.median(best - so_far[:, c - 1]) for c in checkpoints])
+    for name, (n_seeds, reach, regrets) in rows.items():
+        marks = [
+            "*" if all(r + unit < other[2][i] for o, other in rows.items() if o != name) else " "
+            for i, r in enumerate(regrets)
+        ]
         print(
-            f"{name:>16} {len(mine):>5} "
+            f"{name:>16} {n_seeds:>5} "
             + " ".join(f"{r:>8}" for r in reach)
-            + "".join(f" {r:>10.4f}" for r in regrets)
+            + "".join(f" {r:>10.4f}{m}" for r, m in zip(regrets, marks))
         )
-    _plot(arch, curves, best)
+    _plot(arch, curves, best, table.score_column)
+
+
+def noise_unit(arch: str) -> float:
+    """The standard deviation of one good function's score between two training seeds: that of
+    the difference between the main table and the noise re-run (seed 2) over the noise functions
+    that score above the builder's "good" threshold in both, divided by sqrt(2)."""
+    main, noise = load_act_bench_digits(arch), load_act_bench_digits(arch, seed=2)
+    threshold = GOOD_SCORE[main.score_column.removeprefix("val_")]
+    pairs = np.array([(main.value(e), noise.value(e)) for e in noise.expressions])
+    good = (pairs > threshold).all(axis=1)
+    return float(np.std(pairs[good, 0] - pairs[good, 1], ddof=1) / np.sqrt(2))
 
 
 def _median_reach(so_far: np.ndarray, level: float) -> str:
@@ -185,7 +226,7 @@ def _median_reach(so_far: np.ndarray, level: float) -> str:
     return f">{so_far.shape[1]}" if np.isinf(median) else f"{median:.0f}"
 
 
-def _plot(arch: str, curves: dict[str, np.ndarray], best: float) -> None:
+def _plot(arch: str, curves: dict[str, np.ndarray], best: float, score: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -200,7 +241,7 @@ def _plot(arch: str, curves: dict[str, np.ndarray], best: float) -> None:
         axis.fill_between(x, low, high, alpha=0.2)
     axis.set(
         xlabel="evaluations",
-        ylabel="regret (best val. accuracy - best found)",
+        ylabel=f"regret (best {score} - best found)",
         title=f"Act-Bench-Digits {arch}: median and interquartile range over seeds",
     )
     axis.set_yscale("symlog", linthresh=1e-3)
@@ -211,26 +252,30 @@ def _plot(arch: str, curves: dict[str, np.ndarray], best: float) -> None:
 
 
 def surrogate_quality(arch: str, seed: int = 0) -> None:
-    """5-fold cross-validated Spearman correlation of kNN (k=3) predictions with val_acc."""
+    """5-fold cross-validated Spearman correlation of kNN (k=3) predictions with the score: on
+    the raw features, on their 2-D map, and the sampler's own surrogate (inverse-distance kNN in
+    its feature space); beside it the ceiling that the table's noise sets."""
     from scipy.stats import spearmanr
     from sklearn.model_selection import KFold, cross_val_predict
-    from sklearn.neighbors import KNeighborsRegressor
 
+    from optuna_aquasurf._acquisition import default_regressor
     from optuna_aquasurf._embedding import embed
-    from optuna_aquasurf.features import output_features
+    from optuna_aquasurf._map import SpaceMap
+    from optuna_aquasurf._store import MemoryStore
 
     context = Context(arch)
     keep = context.space.finite
-    outputs = output_features(context.space)[keep]
+    space_map = SpaceMap(context.space, context.probe, seed)
+    store = MemoryStore()
+    outputs = space_map.output_features()[keep]
     start = time.perf_counter()
-    fisher = context.probe.features([e for e, k in zip(context.space.expressions, keep) if k])
-    print(
-        f"Fisher features of all {keep.sum()} finite functions: {time.perf_counter() - start:.1f} s"
-    )
+    fisher = space_map.fisher_features(store)[keep]
+    print(f"Fisher features of all {len(keep)} functions: {time.perf_counter() - start:.1f} s")
+    features = space_map.features(store)[keep]
     y = context.scores[keep]
 
-    def spearman(x, metric="euclidean"):
-        knn = KNeighborsRegressor(n_neighbors=3, metric=metric)
+    def spearman(x, metric="euclidean", regressor=None):
+        knn = regressor or KNeighborsRegressor(n_neighbors=3, metric=metric)
         folds = KFold(5, shuffle=True, random_state=seed)
         return spearmanr(cross_val_predict(knn, x, y, cv=folds), y).statistic
 
@@ -246,13 +291,35 @@ def surrogate_quality(arch: str, seed: int = 0) -> None:
         placed = _budgeted_fisher(context, keep, outputs, share, seed)
         name = f"both, Fisher of {share:.0%}"
         rows[name] = (spearman(both(placed)), spearman(embed(outputs, placed, seed)))
+    ceiling, pairs = noise_ceiling(arch)
     print(
         f"\nSurrogate quality on {arch} ({keep.sum()} finite functions): Spearman correlation "
-        "of 5-fold kNN (k=3) predictions with validation accuracy"
+        f"of 5-fold kNN (k=3) predictions with {context.table.score_column}"
     )
     print(f"{'features':>22} {'raw':>8} {'UMAP':>8}")
     for name, (raw, umap) in rows.items():
         print(f"{name:>22} {raw:8.3f} {umap:8.3f}")
+    print(
+        f"the sampler's surrogate (inverse-distance kNN, k=3, in its feature space): "
+        f"{spearman(features, regressor=default_regressor()):.3f}"
+    )
+    print(
+        f"noise ceiling: two training seeds agree with Spearman {ceiling**2:.3f} on {pairs} "
+        f"functions, so a perfect predictor of a function's expected score reaches about "
+        f"{ceiling:.3f} against one seed's"
+    )
+
+
+def noise_ceiling(arch: str) -> tuple[float, int]:
+    """The square root of the Spearman correlation between the main table and the noise re-run
+    over their common functions finite at the probe points, and how many they are."""
+    from scipy.stats import spearmanr
+
+    main, noise = load_act_bench_digits(arch), load_act_bench_digits(arch, seed=2)
+    space = SearchSpace.from_schemas(["binary(unary(x),unary(x))"], unary=PAPER_UNARY)
+    finite = [e for e in noise.expressions if space[space.find_equivalent(e)].finite]
+    agreement = spearmanr([main.value(e) for e in finite], [noise.value(e) for e in finite])
+    return float(np.sqrt(max(agreement.statistic, 0.0))), len(finite)
 
 
 def _budgeted_fisher(context, keep, outputs, share, seed) -> np.ndarray:

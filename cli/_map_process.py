@@ -1,11 +1,11 @@
 """The map of the space, computed by a process of its own while the first trials train.
 
 The sampler's first picks are the baselines, which need no map. A search whose map is not
-stored yet starts :class:`BackgroundMap`: a process that computes the map (Fisher features of
-the model, then UMAP) and stores it with the study, as any worker would. The first surrogate pick
-then loads it, or waits for the map process to finish: on the same cores (or GPU), helping it
-would only slow both down. Workers started by ``--workers`` split the Fisher chunks that the map
-process has not started, through the store's leases.
+stored yet starts :class:`BackgroundMap`: a process that computes the Fisher features of the
+model (stored with the study, as any worker would) and says so, then, at a lower priority, the
+2-D map for plots. The first surrogate pick waits for the features: on the same cores (or GPU),
+helping compute them would only slow both down. Workers started by ``--workers`` split the
+Fisher chunks that the map process has not started, through the store's leases.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class BackgroundMap:
         self.path = path
         self.settings = settings
         self.process: multiprocessing.process.BaseProcess | None = None
+        self._features_ready: multiprocessing.synchronize.Event | None = None
         self._started = 0.0
 
     def __enter__(self) -> BackgroundMap:
@@ -59,9 +60,16 @@ class BackgroundMap:
             "stored; the baselines train meanwhile."
         )
         context = multiprocessing.get_context("spawn")  # no fork of a process running torch
+        self._features_ready = context.Event()
         self.process = context.Process(
             target=compute_map,
-            args=(self.path, self.settings, self.study.study_name, os.getpid()),
+            args=(
+                self.path,
+                self.settings,
+                self.study.study_name,
+                os.getpid(),
+                self._features_ready,
+            ),
             name="aquasurf map",
         )
         self._started = time.perf_counter()
@@ -90,16 +98,21 @@ class BackgroundMap:
         self.process = None
 
     def must_wait(self) -> bool:
-        """Whether the next pick needs the map while the map process computes it: the
+        """Whether the next pick needs the features while the map process computes them: the
         baselines are all taken."""
-        return self.process is not None and not self.study.sampler.baselines_left(self.study)
+        return (
+            self.process is not None
+            and not self._features_ready.is_set()
+            and not self.study.sampler.baselines_left(self.study)
+        )
 
     def wait(self) -> None:
-        """Wait for the map process to finish, rather than compete with it for the same cores
-        (if it failed, the pick computes what is missing)."""
-        if self.process is not None:
-            self.process.join()
-            self.poll()
+        """Wait for the map process to store the features (or to end), rather than compete
+        with it for the same cores (if it failed, the pick computes what is missing)."""
+        while self.process is not None and self.process.is_alive():
+            if self._features_ready.wait(0.5):
+                return
+        self.poll()
 
     def __exit__(self, *exc_info) -> None:
         """Stop the map process if the search ends first; it gives its leases back."""
@@ -113,8 +126,9 @@ class BackgroundMap:
             self.process.join()
 
 
-def compute_map(path: Path, settings, study_name: str, parent: int) -> None:
-    """Body of the map process: compute and store the map of the study's space.
+def compute_map(path: Path, settings, study_name: str, parent: int, features_ready) -> None:
+    """Body of the map process: compute and store the Fisher features of the study's space, set
+    ``features_ready``, then compute and store its 2-D map at a lower priority.
 
     The process stops with its parent (even one killed with SIGKILL); SIGTERM unwinds it, so
     that the leases it holds are given back. Errors end it quietly with exit code 1: the search
@@ -139,6 +153,9 @@ def compute_map(path: Path, settings, study_name: str, parent: int) -> None:
         )
         if sampler.map_key != study.user_attrs.get(SETTINGS_ATTR, {}).get("map"):
             sys.exit(OTHER_MAP)
+        sampler.surrogate_points(study)
+        features_ready.set()
+        os.nice(10)  # the map is for plots: the trials' training comes first
         sampler.embedding(study)
     except Exception:  # noqa: BLE001 - reported by the search process, which computes it again
         sys.exit(1)

@@ -233,7 +233,7 @@ def _search(study, user, device, settings: SearchSettings, progress, background=
 
         def on_choose(number: int) -> None:
             if background is not None and background.must_wait():
-                progress.choosing(number, "waiting for the map of the space")
+                progress.choosing(number, "waiting for the features of the space")
                 background.wait()
             progress.choosing(number)
 

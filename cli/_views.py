@@ -115,7 +115,10 @@ def stored_map_sampler(study: optuna.Study):
             f"Study {study.study_name!r} does not record its map (an older study, or operators "
             "of the model file): give the model file, `aquasurf plot FILE`."
         )
-    sampler = AquaSurfSampler(space, seed=settings.get("seed", 0), map_key=settings["map"])
+    # Without the model there are no Fisher features: the predictions come from the 2-D map.
+    sampler = AquaSurfSampler(
+        space, seed=settings.get("seed", 0), map_key=settings["map"], surrogate="map"
+    )
     if not sampler.has_embedding(study):
         raise UserError(
             f"The map of study {study.study_name!r} is not stored yet: give the model file, "

@@ -1,4 +1,5 @@
-"""Which untried function to train next, given the 2-D map of the space and the scores so far."""
+"""Which untried function to train next, given the functions' coordinates (in the feature space
+or on the 2-D map) and the scores so far."""
 
 from __future__ import annotations
 
@@ -7,15 +8,25 @@ from sklearn.base import RegressorMixin, clone
 from sklearn.neighbors import KNeighborsRegressor
 
 #: The acquisition rules a sampler accepts.
-ACQUISITIONS = ("explore", "greedy")
+ACQUISITIONS = ("ucb", "explore", "greedy")
+#: Nearest scored functions whose scores tell how sure a prediction is (unless the regressor is
+#: a k-nearest-neighbour one: then its own k).
+UNCERTAINTY_NEIGHBOURS = 3
 #: New sites that `Neighbours` adds one by one (each costs about 1% of a kd-tree query of every
 #: point); more are cheaper as one query.
 _ADD_AT_MOST = 64
 
 
 def default_regressor(n_neighbors: int = 3) -> RegressorMixin:
-    """The paper's surrogate: k-nearest neighbours (k=3) on the 2-D embedding."""
-    return KNeighborsRegressor(n_neighbors=n_neighbors)
+    """k-nearest neighbours (k=3), weighted by inverse distance."""
+    return KNeighborsRegressor(n_neighbors=n_neighbors, weights="distance")
+
+
+def neighbours_of(regressor: RegressorMixin) -> int:
+    """How many nearest scored functions the uncertainty reads."""
+    if isinstance(regressor, KNeighborsRegressor):
+        return regressor.n_neighbors
+    return UNCERTAINTY_NEIGHBOURS
 
 
 class Neighbours:
@@ -31,7 +42,7 @@ class Neighbours:
 
     def __init__(self) -> None:
         self._coords: np.ndarray | None = None
-        self._columns = np.empty((2, 0))  # the map's coordinates, one row per dimension
+        self._columns = np.empty((2, 0))  # the points' coordinates, one row per dimension
         self._sites = np.empty(0, dtype=np.int64)
         self._squared = np.empty((0, 0))
         self._index = np.empty((0, 0), dtype=np.int64)
@@ -115,19 +126,20 @@ def predict(
 ) -> np.ndarray:
     """Fit a copy of ``regressor`` on the observed points and predict a score for every point.
 
-    With a ``neighbours`` table, a plain k-nearest-neighbour regressor (uniform weights,
-    euclidean; the default) predicts from that table rather than from a kd-tree query of every
-    point: the same predictions, each newly observed point costing one pass over the map.
+    With a ``neighbours`` table, a euclidean k-nearest-neighbour regressor (the default) predicts
+    from that table rather than from a kd-tree query of every point: the same predictions, each
+    newly observed point costing one pass over the points.
     """
     if neighbours is not None and _is_euclidean_knn(regressor):
-        _, index = neighbours.nearest(coords, observed, regressor.n_neighbors)
-        score = np.zeros(len(coords))
-        score[observed] = scores
-        nearest_first = index[:, : len(observed)].T  # fewer neighbours while fewer scores
-        total = np.zeros(len(coords))
-        for neighbour in nearest_first:  # summed in scikit-learn's order, for the same bits
-            total += score[neighbour]
-        return total / len(nearest_first)
+        weights, neighbour_scores = _neighbour_weights(
+            neighbours, coords, observed, scores, regressor.n_neighbors, regressor.weights
+        )
+        if regressor.weights == "uniform":
+            total = np.zeros(len(coords))
+            for column in neighbour_scores.T:  # summed in scikit-learn's order, for the same bits
+                total += column
+            return total / neighbour_scores.shape[1]
+        return np.sum(weights * neighbour_scores, axis=1) / np.sum(weights, axis=1)
     model = clone(regressor)
     if isinstance(model, KNeighborsRegressor):
         model.set_params(n_neighbors=min(model.n_neighbors, len(observed)))
@@ -135,31 +147,81 @@ def predict(
     return np.asarray(model.predict(coords), dtype=np.float64)
 
 
+def uncertainty(
+    neighbours: Neighbours,
+    coords: np.ndarray,
+    observed: np.ndarray,
+    scores: np.ndarray,
+    k: int,
+    length_scale: float,
+) -> np.ndarray:
+    """How unsure a prediction is at every point, in units of score.
+
+    The spread (inverse-distance weighted standard deviation) of the scores of the point's ``k``
+    nearest scored points, combined with a term that grows with the distance ``d`` to the nearest
+    one, from 0 to the standard deviation of all scores: ``sqrt(spread**2 + std**2 * (1 -
+    exp(-(d / length_scale)**2)))``, as a Gaussian process's prior variance returns far from its
+    data.
+    """
+    weights, neighbour_scores = _neighbour_weights(
+        neighbours, coords, observed, scores, k, "distance"
+    )
+    weights = weights / np.sum(weights, axis=1, keepdims=True)
+    mean = np.sum(weights * neighbour_scores, axis=1, keepdims=True)
+    spread = np.sum(weights * np.square(neighbour_scores - mean), axis=1)
+    squared, _ = neighbours.nearest(coords, observed, k)
+    far = np.var(scores) * -np.expm1(-squared[:, 0] / length_scale**2)
+    return np.sqrt(spread + far)
+
+
+def _neighbour_weights(neighbours, coords, observed, scores, k, weights):
+    """Weights and scores of every point's ``k`` nearest observed points (fewer while fewer are
+    observed), ``(len(coords), k)`` each; weights as scikit-learn's kNN gives them: ones, or
+    inverse distances (the points at distance zero alone, when there are some)."""
+    squared, index = neighbours.nearest(coords, observed, k)
+    k = min(k, len(observed))
+    score = np.zeros(len(coords))
+    score[observed] = scores
+    neighbour_scores = score[index[:, :k]]
+    if weights == "uniform":
+        return np.ones_like(neighbour_scores), neighbour_scores
+    distance = np.sqrt(squared[:, :k])
+    with np.errstate(divide="ignore"):
+        inverse = 1.0 / distance
+    exact = np.isinf(inverse)
+    on_a_point = exact.any(axis=1)
+    inverse[on_a_point] = exact[on_a_point]
+    return inverse, neighbour_scores
+
+
 def rank(
     acquisition: str,
     predicted: np.ndarray,
-    distance: np.ndarray,
     candidates: np.ndarray,
     exploration: float,
     n: int,
+    bonus: np.ndarray | None = None,
 ) -> np.ndarray:
     """The ``n`` best candidates, best first, scores being "higher is better".
 
-    ``"greedy"`` (the reference rule) orders by predicted score alone. ``"explore"`` adds
-    ``exploration`` times the distance to the nearest tried point (``distance``, one value per
-    point of the map), both terms scaled to [0, 1] over the candidates, so that regions far from
+    ``"greedy"`` (the reference rule) orders by predicted score alone. ``"ucb"`` adds
+    ``exploration`` times the :func:`uncertainty` (``bonus``): an upper confidence bound.
+    ``"explore"`` adds ``exploration`` times the distance to the nearest tried point
+    (``bonus``), both terms scaled to [0, 1] over the candidates, so that regions far from
     everything tried keep a chance.
     """
     value = predicted[candidates]
-    if acquisition == "explore":
-        value = _unit(value) + exploration * _unit(distance[candidates])
+    if acquisition == "ucb":
+        value = value + exploration * bonus[candidates]
+    elif acquisition == "explore":
+        value = _unit(value) + exploration * _unit(bonus[candidates])
     return _best(value, candidates, n)
 
 
 def _is_euclidean_knn(regressor: RegressorMixin) -> bool:
     return (
         type(regressor) is KNeighborsRegressor
-        and regressor.weights == "uniform"
+        and regressor.weights in ("uniform", "distance")
         and regressor.metric_params is None
         and (
             regressor.metric == "euclidean"

@@ -129,10 +129,13 @@ def _fit_large(features: np.ndarray, n_neighbors: int, metric: str, seed: int):
 
 def principal_components(features: np.ndarray, n_components: int, seed: int) -> np.ndarray:
     """The rows of ``features`` on their ``n_components`` leading principal components (a seeded
-    randomized PCA), as float32; ``features`` itself when it has no more columns."""
+    randomized PCA; at most one per row), as float32; ``features`` itself when it has no more
+    columns."""
+    n_components = min(n_components, len(features))
     if features.shape[1] <= n_components:
         return features
     from sklearn.decomposition import PCA
 
-    pca = PCA(n_components, svd_solver="randomized", random_state=seed)
+    solver = "randomized" if n_components < len(features) else "full"
+    pca = PCA(n_components, svd_solver=solver, random_state=seed)
     return pca.fit_transform(features).astype(np.float32)

@@ -1,4 +1,5 @@
-"""The map of a search space: its functions' features, their 2-D embedding and lookups in it."""
+"""The map of a search space: its functions' features, the space the surrogate predicts in, their
+2-D embedding and lookups in it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from optuna_aquasurf._embedding import LARGE_MAP, LARGE_MAP_COMPONENTS, principal_components
+from optuna_aquasurf._feature_space import feature_space
 from optuna_aquasurf._fisher_budget import (
     DEFAULT_FISHER_BUDGET,
     fill_from_neighbours,
@@ -39,11 +41,15 @@ def check_map_options(
 
 
 class SpaceMap:
-    """Every function of a space placed on a 2-D map, from its output and Fisher features.
+    """Every function of a space described by its output and Fisher features: in the reduced
+    feature space the surrogate predicts in (:meth:`features`), and on a 2-D map for plots
+    (:meth:`embedding`).
 
-    The map is computed once and kept in a :class:`~optuna_aquasurf._store.Store` under
-    :attr:`key`, so that every worker of a study and every resumed run uses the same one. Workers
-    split its Fisher features chunk by chunk, through the store's leases.
+    The Fisher features and the map are computed once and kept in a
+    :class:`~optuna_aquasurf._store.Store` under :attr:`key`, so that every worker of a study and
+    every resumed run uses the same ones. Workers split the Fisher features chunk by chunk,
+    through the store's leases. The feature space is derived from them in each process (a few
+    principal components: seconds).
 
     Parameters
     ----------
@@ -94,6 +100,7 @@ class SpaceMap:
         self._given_key = key
         self._lock = threading.RLock()
         self._embedding: np.ndarray | None = None
+        self._features: np.ndarray | None = None
         self._outputs: np.ndarray | None = None
         self._locations: dict[str, tuple[int, bool]] = {}
 
@@ -134,6 +141,22 @@ class SpaceMap:
         if self.fisher_budget == len(self.space):
             return self.space.expressions
         return [self.space[int(i)].expression for i in self.fisher_subset]
+
+    def features(self, store: Store) -> np.ndarray:
+        """The functions in the surrogate's feature space (see
+        :func:`~optuna_aquasurf._feature_space.feature_space`), one row each. The Fisher
+        features come from ``store`` (computed there first if missing)."""
+        with self._lock:
+            if self._features is None:
+                if self._given_key is not None and self.probe is None:
+                    raise ValueError(
+                        "a map read by its key has no features: build the sampler with the "
+                        "probe that computed it"
+                    )
+                fisher = self._all_fisher_features(store) if self.probe is not None else None
+                outputs = self._output_components if self.use_outputs else None
+                self._features = feature_space(outputs, fisher, self.seed)
+            return self._features
 
     def is_ready(self, store: Store) -> bool:
         """Whether :meth:`embedding` returns at once: computed here, or saved in ``store``."""

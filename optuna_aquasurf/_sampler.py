@@ -15,6 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna_aquasurf import _acquisition
 from optuna_aquasurf._activation import ActivationFunction
 from optuna_aquasurf._expression import canonical
+from optuna_aquasurf._feature_space import length_scale
 from optuna_aquasurf._map import SpaceMap, check_map_options
 from optuna_aquasurf._operators import PAPER_UNARY
 from optuna_aquasurf._space import SearchSpace
@@ -34,6 +35,8 @@ DEFAULT_BASELINES = (
     "swish(x)",
     "tanh(x)",
 )
+#: What the surrogate reads: the functions' reduced features, or their 2-D map.
+SURROGATES = ("features", "map")
 #: Candidates tried, best first, when claiming the next function races with other workers.
 _CLAIM_ATTEMPTS = 64
 
@@ -45,16 +48,20 @@ class SpaceExhaustedError(RuntimeError):
 class AquaSurfSampler(BaseSampler):
     """Search activation functions with the AQuaSurF surrogate; other parameters go elsewhere.
 
-    Every function of the search space is placed on a 2-D map (UMAP of its outputs at fixed
-    points and, with a ``probe``, of its Fisher spectrum in your model), computed once per
-    study and stored next to it. The sampler first tries the ``baselines``, then trains the
-    untried function that the map says is most promising: a k-nearest-neighbour regressor on the
-    map predicts every function's score from the trials so far.
+    Every function of the search space is described by its outputs at fixed points and, with a
+    ``probe``, by its Fisher spectrum in your model (computed once per study and stored next to
+    it). The sampler first tries the ``baselines``, then trains the untried function that the
+    surrogate finds most promising: a k-nearest-neighbour regressor in the space of these
+    features (``surrogate="features"``, the default) or on their 2-D map (``"map"``, the
+    paper's) predicts every function's score from the trials so far.
 
-    With ``acquisition="explore"`` (the default), the first ``n_design`` picks after the
-    baselines spread over the map (each the function farthest from all tried ones); later picks
-    maximise the predicted score plus ``exploration`` times the distance to the nearest tried
-    function. ``"greedy"`` is the reference's rule: the best prediction alone.
+    With ``acquisition="ucb"`` (the default), each pick maximises the predicted score plus
+    ``kappa`` times its uncertainty: the spread of the nearest scored functions' scores, growing
+    with the distance to them. ``kappa`` is drawn anew for every pick from an exponential
+    distribution of mean ``exploration``, so that some picks exploit and some explore.
+    ``"explore"`` adds ``exploration`` times the distance to the nearest tried function instead,
+    after ``n_design`` space-filling picks; ``"greedy"`` is the reference's rule: the best
+    prediction alone.
 
     Use it with :func:`suggest_activation`; the activation is recorded in each trial's user
     attribute ``"activation"`` (readable in ``trials_dataframe()`` and optuna-dashboard).
@@ -71,16 +78,22 @@ class AquaSurfSampler(BaseSampler):
         uses output features alone.
     baselines
         Expressions tried first, in order (skipped if the space has no equivalent).
+    surrogate
+        ``"features"`` (the functions' reduced features, see :class:`SpaceMap`) or ``"map"``
+        (their 2-D map).
     acquisition
-        ``"explore"`` or ``"greedy"``.
+        ``"ucb"``, ``"explore"`` or ``"greedy"``.
     n_design
-        Space-filling picks after the baselines (``"explore"`` only).
+        Space-filling picks after the baselines (each the function farthest from all tried).
     exploration
-        Weight of the distance bonus (``"explore"`` only).
+        ``"ucb"``: mean weight of the uncertainty; ``"explore"``: weight of the distance bonus.
     regressor
-        Any scikit-learn regressor from 2-D points to scores; default kNN with k=3.
+        Any scikit-learn regressor from the surrogate's points to scores; default kNN with k=3,
+        weighted by inverse distance. The uncertainty of ``"ucb"`` always comes from the
+        nearest scored functions.
     seed
-        Seed of the map and of tie-breaking; the same seed gives the same suggestions in
+        Seed of the map, of ``kappa`` and of tie-breaking; the same seed gives the same
+        suggestions in
         another process. The map's identity is the space, the probe and this seed: changing any
         of them computes a new map.
     independent_sampler
@@ -120,8 +133,9 @@ class AquaSurfSampler(BaseSampler):
         probe: FisherProbe | None = None,
         *,
         baselines: Sequence[str] = DEFAULT_BASELINES,
-        acquisition: str = "explore",
-        n_design: int = 16,
+        surrogate: str = "features",
+        acquisition: str = "ucb",
+        n_design: int = 0,
         exploration: float = 0.5,
         regressor=None,
         seed: int | None = None,
@@ -131,6 +145,8 @@ class AquaSurfSampler(BaseSampler):
         fisher_budget: int | None = None,
         map_key: str | None = None,
     ):
+        if surrogate not in SURROGATES:
+            raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
         if acquisition not in _acquisition.ACQUISITIONS:
             raise ValueError(
                 f"acquisition must be one of {_acquisition.ACQUISITIONS}, got {acquisition!r}"
@@ -145,6 +161,7 @@ class AquaSurfSampler(BaseSampler):
         self._space = space
         self._probe = probe
         self._baselines = [canonical(b) for b in baselines]
+        self._surrogate = surrogate
         self._acquisition = acquisition
         self._n_design = n_design
         self._exploration = exploration
@@ -158,6 +175,7 @@ class AquaSurfSampler(BaseSampler):
         self._lock = threading.RLock()
         self._fixed_params: dict[int, dict[str, Any]] = {}
         self._space_map: SpaceMap | None = None
+        self._points_length_scale: tuple[np.ndarray | None, float] = (None, 1.0)
         # Nearest tried and nearest scored functions of every function, kept between suggestions.
         self._neighbours = {"tried": _acquisition.Neighbours(), "scored": _acquisition.Neighbours()}
 
@@ -264,16 +282,23 @@ class AquaSurfSampler(BaseSampler):
         and the seed (or the ``map_key`` given)."""
         return self.space_map.key
 
+    def surrogate_points(self, study: optuna.Study | None = None) -> np.ndarray:
+        """The coordinates the surrogate reads, one row per function: the reduced features
+        (:meth:`SpaceMap.features`) or the 2-D map (:meth:`embedding`)."""
+        if self._surrogate == "map":
+            return self.embedding(study)
+        return self.space_map.features(self._store(study))
+
     def predict(self, study: optuna.Study, name: str = "activation") -> np.ndarray | None:
         """The surrogate's predicted score of every function (None before any score exists)."""
         with self._lock:
-            coords = self.embedding(study)
+            points = self.surrogate_points(study)
             functions, scores = self._observations(study, self._trials(study, name, exclude=None))
             if len(scores) == 0:
                 return None
             sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
             predicted = _acquisition.predict(
-                self._regressor, coords, functions, sign * scores, self._neighbours["scored"]
+                self._regressor, points, functions, sign * scores, self._neighbours["scored"]
             )
             return sign * predicted
 
@@ -313,21 +338,40 @@ class AquaSurfSampler(BaseSampler):
         candidates = np.flatnonzero(available)
         if pending or len(candidates) == 0:
             return np.array(pending[:_CLAIM_ATTEMPTS], dtype=np.int64)
-        coords = self.embedding(study)
+        points = self.surrogate_points(study)
         functions, scores = self._observations(study, trials)
         picks_after_baselines = len(set(tried.tolist()) - set(baselines))
-        design = self._acquisition == "explore" and picks_after_baselines < self._n_design
-        distance = _acquisition.distance_to_nearest(self._neighbours["tried"], coords, tried)
-        if design or len(scores) == 0:
+        if picks_after_baselines < self._n_design or len(scores) == 0:
+            distance = _acquisition.distance_to_nearest(self._neighbours["tried"], points, tried)
             return _acquisition.farthest_first(distance, candidates, _CLAIM_ATTEMPTS)
         if study.direction == StudyDirection.MINIMIZE:
             scores = -scores
-        predicted = _acquisition.predict(
-            self._regressor, coords, functions, scores, self._neighbours["scored"]
-        )
+        scored = self._neighbours["scored"]
+        predicted = _acquisition.predict(self._regressor, points, functions, scores, scored)
+        exploration, bonus = self._exploration, None
+        if self._acquisition == "ucb":
+            k = _acquisition.neighbours_of(self._regressor)
+            length_scale = self._length_scale(points)
+            bonus = _acquisition.uncertainty(scored, points, functions, scores, k, length_scale)
+            exploration = self._pick_rng(len(tried)).exponential(self._exploration)
+        elif self._acquisition == "explore":
+            bonus = _acquisition.distance_to_nearest(self._neighbours["tried"], points, tried)
         return _acquisition.rank(
-            self._acquisition, predicted, distance, candidates, self._exploration, _CLAIM_ATTEMPTS
+            self._acquisition, predicted, candidates, exploration, _CLAIM_ATTEMPTS, bonus
         )
+
+    def _length_scale(self, points: np.ndarray) -> float:
+        """The :func:`length_scale` of ``points``, computed once."""
+        if self._points_length_scale[0] is not points:
+            self._points_length_scale = (points, length_scale(points, self._seed or 0))
+        return self._points_length_scale[1]
+
+    def _pick_rng(self, n_tried: int) -> np.random.Generator:
+        """The randomness of one pick: the same for the same seed and number of functions tried,
+        in any process."""
+        if self._seed is None:
+            return np.random.default_rng()
+        return np.random.default_rng([self._seed, n_tried])
 
     def _trials(self, study: optuna.Study, name: str, exclude: int | None):
         """The trials of ``study`` with an activation (but ``exclude``), and its location."""

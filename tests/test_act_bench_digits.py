@@ -55,6 +55,21 @@ def test_vit_separates_relu_from_zero():
     assert zero["val_acc"] < 0.2
 
 
+def test_regression_scores_minus_log10_mse_and_diverges_to_the_mean_score(tmp_path):
+    config = TrainConfig(epochs=5, batch_size=64, lr=3e-3)
+    relu = train_function("regression", "max(relu(x),zero(x))", config=config)
+    zero = train_function("regression", "add(zero(x),zero(x))", config=config)
+    assert relu["val_score"] > 0.5  # MSE under 0.32 of the target's variance
+    assert zero["val_score"] == 0.0  # no better than the mean
+    assert "val_acc" not in relu
+    diverged = train_function("regression", "div(identity(x),relu(x))", config=config)
+    assert diverged["diverged"] == 1 and diverged["val_score"] == 0.0
+    build("regression", limit=2, data_dir=tmp_path, config=TINY, log=quiet)
+    table = load_act_bench_digits("regression", data_dir=tmp_path, allow_incomplete=True)
+    assert table.score_column == "val_score" and len(table.score) == 2
+    assert table.value(table.expressions[0]) == table.score[0]
+
+
 def test_training_is_reproducible_and_seeded():
     a = train_function("cnn", "add(tanh(x),zero(x))", seed=1, config=TINY)
     b = train_function("cnn", "add(tanh(x),zero(x))", seed=1, config=TINY)

@@ -7,6 +7,7 @@ import pytest
 import sqlalchemy as sa
 import torch
 from optuna.testing.pytest_samplers import BasicSamplerTestCase, MultiObjectiveSamplerTestCase
+from sklearn.neighbors import KNeighborsRegressor
 
 from optuna_aquasurf import AquaSurfSampler, SearchSpace, _acquisition, suggest_activation
 
@@ -85,13 +86,13 @@ print("|".join(activations(run_study(space, None, n_trials=16))))
     assert result.stdout.strip().split("|") == activations(here)
 
 
-def test_resume_from_sqlite_in_another_process_reuses_the_embedding(space, tmp_path):
+def test_resume_from_sqlite_in_another_process_continues_without_a_map(space, tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     first = activations(run_study(space, url, n_trials=12))
     engine = sa.create_engine(url)
     with engine.connect() as connection:
         stored = connection.execute(sa.text("select count(*) from aquasurf_embeddings")).scalar()
-    assert stored == 1
+    assert stored == 0  # the surrogate reads the features: the 2-D map is for plots only
     code = f"""
 import numpy as np
 import optuna
@@ -99,7 +100,7 @@ from tests.test_sampler import run_study, UNARY, activations
 from optuna_aquasurf import SearchSpace
 import optuna_aquasurf._embedding as e
 def fail(*a, **k):
-    raise AssertionError("embedding recomputed")
+    raise AssertionError("2-D map computed")
 e.embed = fail
 space = SearchSpace.from_schemas(["binary(unary(x),unary(x))"], unary=UNARY)
 print("|".join(activations(run_study(space, {url!r}, n_trials=6))))
@@ -108,9 +109,18 @@ print("|".join(activations(run_study(space, {url!r}, n_trials=6))))
     assert result.returncode == 0, result.stderr
     both = result.stdout.strip().split("|")
     assert both[:12] == first and len(both) == 18
-    assert len({space.find_equivalent(n) for n in both}) == 18
+    assert both == activations(run_study(space, None, n_trials=18))  # as if never interrupted
     loaded = optuna.load_study(study_name="s", storage=url)
     assert len(loaded.trials) == 18
+
+
+def test_map_surrogate_stores_its_embedding_once(space, tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    run_study(space, url, n_trials=12, surrogate="map")
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        stored = connection.execute(sa.text("select count(*) from aquasurf_embeddings")).scalar()
+    assert stored == 1
 
 
 def test_parameter_storage_is_small(space, tmp_path):
@@ -161,6 +171,7 @@ def test_failed_trials_count_as_the_worst_score(space):
         return -value
 
     study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.enqueue_trial({"activation": "div(one(x),abs(x))"})  # infinite at 0: fails
     study.optimize(objective, n_trials=12, catch=(ValueError,))
     functions, scores = sampler._observations(
         study, sampler._trials(study, "activation", exclude=None)
@@ -230,7 +241,8 @@ def test_other_sampler_is_a_clear_error():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(acquisition="ucb"), "acquisition must be one of"),
+        (dict(acquisition="thompson"), "acquisition must be one of"),
+        (dict(surrogate="umap"), "surrogate must be one of"),
         (dict(n_design=-1), "n_design"),
         (dict(exploration=-0.5), "exploration"),
         (dict(baselines=["relu("]), "position"),
@@ -343,7 +355,7 @@ def test_incremental_neighbours_rank_exactly_as_brute_force():
         observed = tried[::2]
         candidates = np.setdiff1d(np.arange(n), tried)
         distance = _acquisition.distance_to_nearest(tables["tried"], coords, tried)
-        regressor = _acquisition.default_regressor()
+        regressor = KNeighborsRegressor(n_neighbors=3)
         fast = _acquisition.predict(
             regressor, coords, observed, score_of[observed], tables["scored"]
         )
@@ -356,7 +368,7 @@ def test_incremental_neighbours_rank_exactly_as_brute_force():
             fast, _acquisition.predict(regressor, coords, observed, score_of[observed])
         )
         assert np.array_equal(
-            _acquisition.rank("explore", fast, distance, candidates, 0.5, 64), expected_order[:64]
+            _acquisition.rank("explore", fast, candidates, 0.5, 64, distance), expected_order[:64]
         )
         assert np.array_equal(
             _acquisition.farthest_first(distance, candidates, 64), expected_farthest[:64]
@@ -364,8 +376,13 @@ def test_incremental_neighbours_rank_exactly_as_brute_force():
         greedy, _, _ = brute_force_ranking(
             coords, tried, observed, score_of, candidates, "greedy", k
         )
-        assert np.array_equal(
-            _acquisition.rank("greedy", fast, distance, candidates, 0.5, 64), greedy[:64]
+        assert np.array_equal(_acquisition.rank("greedy", fast, candidates, 0.5, 64), greedy[:64])
+        weighted = _acquisition.default_regressor()
+        assert np.allclose(
+            _acquisition.predict(weighted, coords, observed, score_of[observed], tables["scored"]),
+            _acquisition.predict(weighted, coords, observed, score_of[observed]),
+            rtol=1e-6,
+            atol=0,
         )
 
 

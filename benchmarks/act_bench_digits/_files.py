@@ -7,7 +7,10 @@ import io
 import os
 from pathlib import Path
 
-ARCHITECTURES = ("cnn", "vit", "resnet")
+ARCHITECTURES = ("cnn", "vit", "resnet", "regression")
+#: Architectures whose task is a regression: their score columns are ``*_score`` (-log10 of the
+#: mean squared error), not ``*_acc``.
+REGRESSION_ARCHITECTURES = ("regression",)
 DATA_DIR = Path(__file__).resolve().parent / "data"
 GROUPS_FILE = "groups.tsv.gz"
 SPACE_SCHEMAS = ["binary(unary(x),unary(x))"]
@@ -35,6 +38,17 @@ INT_COLUMNS = ("index", "best_epoch", "epochs")
 BOOL_COLUMNS = ("diverged",)
 
 
+def metric_of(arch: str) -> str:
+    """The stem of an architecture's score columns: ``acc`` (accuracy) or ``score`` (regression)."""
+    return "score" if arch in REGRESSION_ARCHITECTURES else "acc"
+
+
+def columns_of(arch: str) -> tuple[str, ...]:
+    """The header of an architecture's result files."""
+    metric = metric_of(arch)
+    return tuple(name.replace("_acc", f"_{metric}") for name in COLUMNS)
+
+
 def result_paths(arch: str, seed: int, data_dir: Path = DATA_DIR) -> tuple[Path, Path]:
     """The result table and its metadata: ``cnn.csv``/``cnn.json``, ``cnn_seed2.csv``/..."""
     stem = arch if seed == MAIN_SEED else f"{arch}_seed{seed}"
@@ -52,7 +66,9 @@ def build_command(arch: str, seed: int = MAIN_SEED, data_dir: Path | None = None
     return command
 
 
-def read_rows(path: Path, repair: bool = False) -> list[dict[str, str]]:
+def read_rows(
+    path: Path, repair: bool = False, columns: tuple[str, ...] = COLUMNS
+) -> list[dict[str, str]]:
     """The finished rows of a result file, first occurrence of each index, in file order.
 
     A last line without its newline is a row cut short by a kill: it is ignored, and with
@@ -73,8 +89,8 @@ def read_rows(path: Path, repair: bool = False) -> list[dict[str, str]]:
     if not text:
         return []
     reader = csv.DictReader(io.StringIO(text))
-    if tuple(reader.fieldnames or ()) != COLUMNS:
-        raise ValueError(f"{path} does not start with the header {','.join(COLUMNS)}")
+    if tuple(reader.fieldnames or ()) != columns:
+        raise ValueError(f"{path} does not start with the header {','.join(columns)}")
     rows, seen = [], set()
     for row in reader:
         if row["index"] in seen:

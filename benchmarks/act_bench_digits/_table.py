@@ -15,13 +15,14 @@ import numpy as np
 from benchmarks.act_bench_digits._files import (
     ARCHITECTURES,
     BOOL_COLUMNS,
-    COLUMNS,
     DATA_DIR,
     GROUPS_FILE,
     INT_COLUMNS,
     MAIN_SEED,
     SPACE_SCHEMAS,
     build_command,
+    columns_of,
+    metric_of,
     read_rows,
     result_paths,
 )
@@ -59,9 +60,14 @@ class ActBenchTable:
         return tuple(str(e) for e in self.data["expression"])
 
     @property
+    def score_column(self) -> str:
+        """``val_acc`` (validation accuracy) or, for ``regression``, ``val_score``."""
+        return f"val_{metric_of(self.arch)}"
+
+    @property
     def score(self) -> np.ndarray:
-        """The main score: validation accuracy after the last epoch (``val_acc``)."""
-        return self.data["val_acc"]
+        """The main score, after the last epoch: the column ``score_column``."""
+        return self.data[self.score_column]
 
     def __len__(self) -> int:
         return len(self.data["index"])
@@ -112,9 +118,9 @@ class ActBenchTable:
         """The row (a dict of column values) of the function that ``expression`` computes."""
         return self[self.position(expression)]
 
-    def value(self, expression: str, column: str = "val_acc") -> float:
+    def value(self, expression: str, column: str | None = None) -> float:
         """One value of the function of ``expression``, the main score by default."""
-        return self.lookup(expression)[column]
+        return self.lookup(expression)[column or self.score_column]
 
     def members(self, expression: str) -> tuple[str, ...]:
         """All member names of the equivalence group of ``expression``."""
@@ -174,7 +180,8 @@ def load_act_bench_digits(
     data_dir: str | Path | None = None,
     allow_incomplete: bool = False,
 ) -> ActBenchTable:
-    """Load the Act-Bench-Digits table of one architecture (``"cnn"``, ``"vit"``, ``"resnet"``).
+    """Load the Act-Bench-Digits table of one architecture (``"cnn"``, ``"vit"``, ``"resnet"``,
+    ``"regression"``).
 
     ``seed=1`` is the main table (all 2,918 functions); another seed loads the noise re-runs of
     that seed (100 functions). Raises FileNotFoundError if the table was never built and
@@ -204,7 +211,8 @@ def load_act_bench_digits(
             f"with: {command}"
         )
 
-    rows = sorted(read_rows(csv_path), key=lambda row: int(row["index"]))
+    columns = columns_of(arch)
+    rows = sorted(read_rows(csv_path, columns=columns), key=lambda row: int(row["index"]))
     expected = meta["indices"] if meta["indices"] is not None else range(meta["n_functions"])
     present = {int(row["index"]) for row in rows}
     missing_indices = [i for i in expected if i not in present]
@@ -218,7 +226,7 @@ def load_act_bench_digits(
         )
 
     data = {}
-    for name in COLUMNS:
+    for name in columns:
         values = [row[name] for row in rows]
         if name == "expression":
             array = np.array(values, dtype=str)

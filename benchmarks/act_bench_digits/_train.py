@@ -1,9 +1,15 @@
-"""Data, architectures and the training run of Act-Bench-Digits (one function, one architecture)."""
+"""Data, architectures and the training run of Act-Bench-Digits (one function, one architecture).
+
+Three architectures classify scikit-learn's digits (score: accuracy); ``regression`` fits an MLP to
+Friedman #1 (``sklearn.datasets.make_friedman1``; score: -log10 of the mean squared error of the
+standardised target, so 0 is the score of predicting the training mean).
+"""
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -11,13 +17,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.act_bench_digits._files import MAIN_SEED
+from benchmarks.act_bench_digits._files import MAIN_SEED, metric_of
 from optuna_aquasurf import ActivationFunction
 
 #: Seed of the stratified train/validation/test split (fixed for every run and architecture).
 SPLIT_SEED = 0
 #: Accuracy recorded for a run whose training loss became NaN or infinite (10 balanced classes).
 CHANCE_ACCURACY = 0.1
+#: Regression score recorded for such a run, and the floor of every regression score: that of
+#: predicting the mean (mean squared error 1 on the standardised target).
+MEAN_PREDICTOR_SCORE = 0.0
+#: Friedman #1: samples, input features (5 of them unused by the target) and noise std.
+FRIEDMAN_SAMPLES, FRIEDMAN_FEATURES, FRIEDMAN_NOISE = 1500, 10, 0.1
 
 
 @dataclass(frozen=True)
@@ -43,13 +54,14 @@ DEFAULT_CONFIGS = {
     "cnn": TrainConfig(epochs=8, batch_size=64, lr=3e-3),
     "vit": TrainConfig(epochs=10, batch_size=64, lr=5e-3),
     "resnet": TrainConfig(epochs=6, batch_size=64, lr=3e-3),
+    "regression": TrainConfig(epochs=30, batch_size=64, lr=3e-3),
 }
 
 
 @dataclass(frozen=True)
 class Split:
-    x: torch.Tensor  # (n, 1, 8, 8), standardised with the training pixels' mean and std
-    y: torch.Tensor  # (n,) int64
+    x: torch.Tensor  # digits: (n, 1, 8, 8); Friedman #1: (n, 10); standardised on the training part
+    y: torch.Tensor  # digits: (n,) int64; Friedman #1: (n, 1) float32, standardised
 
 
 @lru_cache(maxsize=1)
@@ -69,6 +81,31 @@ def digits_splits() -> dict[str, Split]:
     def part(rows: np.ndarray) -> Split:
         images = torch.tensor(x[rows], dtype=torch.float32).reshape(-1, 1, 8, 8)
         return Split(images, torch.tensor(y[rows], dtype=torch.int64))
+
+    return {"train": part(train), "val": part(val), "test": part(test)}
+
+
+@lru_cache(maxsize=1)
+def friedman_splits() -> dict[str, Split]:
+    """Friedman #1 (seed 0), split 60/20/20 (seed 0); inputs and target standardised per column
+    with the training part's mean and std."""
+    from sklearn.datasets import make_friedman1
+    from sklearn.model_selection import train_test_split
+
+    x, y = make_friedman1(
+        FRIEDMAN_SAMPLES, FRIEDMAN_FEATURES, noise=FRIEDMAN_NOISE, random_state=SPLIT_SEED
+    )
+    index = np.arange(len(y))
+    train, rest = train_test_split(index, test_size=0.4, random_state=SPLIT_SEED)
+    val, test = train_test_split(rest, test_size=0.5, random_state=SPLIT_SEED)
+    x = (x - x[train].mean(axis=0)) / x[train].std(axis=0)
+    y = (y - y[train].mean()) / y[train].std()
+
+    def part(rows: np.ndarray) -> Split:
+        return Split(
+            torch.tensor(x[rows], dtype=torch.float32),
+            torch.tensor(y[rows], dtype=torch.float32).reshape(-1, 1),
+        )
 
     return {"train": part(train), "val": part(val), "test": part(test)}
 
@@ -167,7 +204,21 @@ class ResNet(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
-MODELS = {"cnn": CNN, "vit": ViT, "resnet": ResNet}
+class MLP(nn.Module):
+    """linear 10->64, act, linear 64->64, act, linear 64->1."""
+
+    def __init__(self, activation: str, hidden: int = 64):
+        super().__init__()
+        self.fc1 = nn.Linear(FRIEDMAN_FEATURES, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.fc3 = nn.Linear(hidden, 1)
+        self.act = ActivationFunction(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(self.act(self.fc2(self.act(self.fc1(x)))))
+
+
+MODELS = {"cnn": CNN, "vit": ViT, "resnet": ResNet, "regression": MLP}
 
 
 def build_model(arch: str, activation: str, seed: int) -> nn.Module:
@@ -178,16 +229,46 @@ def build_model(arch: str, activation: str, seed: int) -> nn.Module:
     return MODELS[arch](activation)
 
 
+def accuracy(outputs: torch.Tensor, y: torch.Tensor) -> float:
+    """A sample with any non-finite logit counts as wrong."""
+    correct = (outputs.argmax(dim=1) == y) & torch.isfinite(outputs).all(dim=1)
+    return correct.float().mean().item()
+
+
+def regression_score(outputs: torch.Tensor, y: torch.Tensor) -> float:
+    """-log10 of the mean squared error, a non-finite prediction replaced by the mean (0); floored
+    at the mean predictor's score."""
+    outputs = torch.where(torch.isfinite(outputs), outputs, torch.zeros_like(outputs))
+    mse = nn.functional.mse_loss(outputs, y).item()
+    return max(MEAN_PREDICTOR_SCORE, -math.log10(max(mse, 1e-12)))
+
+
+@dataclass(frozen=True)
+class Task:
+    """What an architecture learns: its data, training loss, score and the score of a divergence."""
+
+    splits: Callable[[], dict[str, Split]]
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    score: Callable[[torch.Tensor, torch.Tensor], float]
+    diverged_score: float
+
+
+CLASSIFICATION = Task(digits_splits, nn.functional.cross_entropy, accuracy, CHANCE_ACCURACY)
+REGRESSION = Task(friedman_splits, nn.functional.mse_loss, regression_score, MEAN_PREDICTOR_SCORE)
+
+
+def task_of(arch: str) -> Task:
+    return REGRESSION if metric_of(arch) == "score" else CLASSIFICATION
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy; a sample with any non-finite logit counts as wrong."""
+def evaluate(model: nn.Module, split: Split, task: Task = CLASSIFICATION) -> tuple[float, float]:
+    """The task's score and mean loss on one split."""
     model.eval()
-    logits = model(split.x)
-    loss = nn.functional.cross_entropy(logits, split.y).item()
-    finite = torch.isfinite(logits).all(dim=1)
-    correct = (logits.argmax(dim=1) == split.y) & finite
+    outputs = model(split.x)
+    loss = task.loss(outputs, split.y).item()
     model.train()
-    return correct.float().mean().item(), loss
+    return task.score(outputs, split.y), loss
 
 
 def train_function(
@@ -197,10 +278,12 @@ def train_function(
 
     Adam with a cosine learning-rate schedule, mini-batches drawn in a seed-fixed order. The
     training stops early, with ``diverged=True``, as soon as a mini-batch loss is NaN or infinite;
-    such a run records the chance accuracy 0.1 for all three splits and NaN losses.
+    such a run records the task's ``diverged_score`` (accuracy 0.1, regression score 0) for all
+    three splits and NaN losses.
     """
     config = config or DEFAULT_CONFIGS[arch]
-    data = digits_splits()
+    task, metric = task_of(arch), metric_of(arch)
+    data = task.splits()
     start, cpu_start = time.perf_counter(), time.process_time()
     model = build_model(arch, expression, seed)
     generator = torch.Generator().manual_seed(seed)
@@ -212,14 +295,14 @@ def train_function(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps))
     )
     diverged = False
-    best_val_acc, best_epoch = -1.0, 0
+    best_val, best_epoch = -math.inf, 0
     epoch = 0
     model.train()
     for epoch in range(1, config.epochs + 1):
         order = torch.randperm(len(train.y), generator=generator)
         for first in range(0, len(order), config.batch_size):
             rows = order[first : first + config.batch_size]
-            loss = nn.functional.cross_entropy(model(train.x[rows]), train.y[rows])
+            loss = task.loss(model(train.x[rows]), train.y[rows])
             if not torch.isfinite(loss):
                 diverged = True
                 break
@@ -229,27 +312,21 @@ def train_function(
             schedule.step()
         if diverged:
             break
-        val_acc = evaluate(model, data["val"])[0]
-        if val_acc > best_val_acc:
-            best_val_acc, best_epoch = val_acc, epoch
+        val = evaluate(model, data["val"], task)[0]
+        if val > best_val:
+            best_val, best_epoch = val, epoch
     if diverged:
         nan = float("nan")
-        metrics = {
-            "train_acc": CHANCE_ACCURACY,
-            "train_loss": nan,
-            "val_acc": CHANCE_ACCURACY,
-            "val_loss": nan,
-            "test_acc": CHANCE_ACCURACY,
-            "test_loss": nan,
-            "best_val_acc": max(best_val_acc, CHANCE_ACCURACY),
-            "best_epoch": best_epoch,
-        }
+        metrics = {}
+        for name in ("train", "val", "test"):
+            metrics[f"{name}_{metric}"], metrics[f"{name}_loss"] = task.diverged_score, nan
+        metrics[f"best_val_{metric}"] = max(best_val, task.diverged_score)
     else:
         metrics = {}
         for name in ("train", "val", "test"):
-            metrics[f"{name}_acc"], metrics[f"{name}_loss"] = evaluate(model, data[name])
-        metrics["best_val_acc"] = best_val_acc
-        metrics["best_epoch"] = best_epoch
+            metrics[f"{name}_{metric}"], metrics[f"{name}_loss"] = evaluate(model, data[name], task)
+        metrics[f"best_val_{metric}"] = best_val
+    metrics["best_epoch"] = best_epoch
     metrics["epochs"] = epoch
     metrics["diverged"] = int(diverged)
     metrics["seconds"] = time.perf_counter() - start

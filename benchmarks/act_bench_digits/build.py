@@ -29,13 +29,14 @@ import numpy as np
 
 from benchmarks.act_bench_digits._files import (
     ARCHITECTURES,
-    COLUMNS,
     DATA_DIR,
     GROUPS_FILE,
     MAIN_SEED,
     NOISE_SIZE,
     SPACE_SCHEMAS,
     build_command,
+    columns_of,
+    metric_of,
     read_rows,
     result_paths,
 )
@@ -81,12 +82,12 @@ def write_groups(space, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def remap_rows(csv_path: Path, space, log=print) -> None:
+def remap_rows(csv_path: Path, space, columns: tuple[str, ...], log=print) -> None:
     """Give the rows of a result file the indices of their expressions in ``space`` (after the
     space was regrouped); drop rows whose expression is not in it, or whose function already
     has a row. The file is replaced atomically."""
     kept, seen = [], set()
-    for row in read_rows(csv_path, repair=True):
+    for row in read_rows(csv_path, repair=True, columns=columns):
         try:
             index = space.index(row["expression"])
         except (KeyError, ValueError):
@@ -97,13 +98,13 @@ def remap_rows(csv_path: Path, space, log=print) -> None:
             continue
         seen.add(index)
         kept.append({**row, "index": str(index)})
-    write_rows(csv_path, kept)
+    write_rows(csv_path, kept, columns)
 
 
-def write_rows(csv_path: Path, rows: list[dict]) -> None:
+def write_rows(csv_path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
     tmp = csv_path.with_suffix(".tmp")
     with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(f, columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         f.flush()
@@ -111,7 +112,7 @@ def write_rows(csv_path: Path, rows: list[dict]) -> None:
     os.replace(tmp, csv_path)
 
 
-def format_row(index: int, expression: str, metrics: dict) -> str:
+def format_row(index: int, expression: str, metrics: dict, arch: str = "cnn") -> str:
     def number(value: float, digits: str) -> str:
         return "nan" if value != value else format(value, digits)
 
@@ -124,12 +125,13 @@ def format_row(index: int, expression: str, metrics: dict) -> str:
         "seconds": number(metrics["seconds"], ".3f"),
         "cpu_seconds": number(metrics["cpu_seconds"], ".3f"),
     }
+    metric = metric_of(arch)
     for split in ("train", "val", "test"):
-        values[f"{split}_acc"] = number(metrics[f"{split}_acc"], ".4f")
+        values[f"{split}_{metric}"] = number(metrics[f"{split}_{metric}"], ".4f")
         values[f"{split}_loss"] = number(metrics[f"{split}_loss"], ".5g")
-    values["best_val_acc"] = number(metrics["best_val_acc"], ".4f")
+    values[f"best_val_{metric}"] = number(metrics[f"best_val_{metric}"], ".4f")
     line = io.StringIO()
-    csv.writer(line, lineterminator="\n").writerow([values[c] for c in COLUMNS])
+    csv.writer(line, lineterminator="\n").writerow([values[c] for c in columns_of(arch)])
     return line.getvalue()
 
 
@@ -191,6 +193,7 @@ def build(
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     config = config or DEFAULT_CONFIGS[arch]
+    columns, metric = columns_of(arch), metric_of(arch)
     subset = subset or ("all" if seed == MAIN_SEED else "noise")
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -220,7 +223,7 @@ def build(
                     "remove it (and its .json) to start over, or build with the same settings"
                 )
         if old.get("fingerprint") != space.fingerprint:
-            remap_rows(csv_path, space, log)
+            remap_rows(csv_path, space, columns, log)
             log(
                 f"[{arch} seed {seed}] the space changed since {csv_path.name} was started "
                 f"({old.get('n_functions')} -> {len(space)} functions): rows remapped by expression"
@@ -228,9 +231,9 @@ def build(
     meta["status"] = "partial"
     _write_json(meta_path, meta)
 
-    done = {int(row["index"]) for row in read_rows(csv_path, repair=True)}
+    done = {int(row["index"]) for row in read_rows(csv_path, repair=True, columns=columns)}
     if not csv_path.exists() or csv_path.stat().st_size == 0:
-        csv_path.write_text(",".join(COLUMNS) + "\n")
+        csv_path.write_text(",".join(columns) + "\n")
     wanted = expected if limit is None else expected[:limit]
     if limit is None and subset == "all":
         # The noise functions first, so that the noise figures are available early on.
@@ -250,7 +253,7 @@ def build(
                 failed += 1
                 log(f"[{arch} seed {seed}] FAILED {index} {expression}:\n{error}")
                 continue
-            out.write(format_row(index, expression, metrics))
+            out.write(format_row(index, expression, metrics, arch))
             out.flush()
             os.fsync(out.fileno())
             done.add(index)
@@ -262,15 +265,15 @@ def build(
                     f"[{arch} seed {seed}] {len(done)}/{len(expected)} done; this run {k} in "
                     f"{elapsed:.0f} s ({elapsed / k:.2f} s/function, CPU {cpu / k:.2f} s; "
                     f"{left / 60:.0f} min left); "
-                    f"last {expression} val_acc {metrics['val_acc']:.4f}",
+                    f"last {expression} val_{metric} {metrics[f'val_{metric}']:.4f}",
                 )
     n_done = len(done & set(expected))
     complete = n_done == len(expected)
-    rows = read_rows(csv_path)
+    rows = read_rows(csv_path, columns=columns)
     if complete:
         # Rewrite in space order (atomically: the old file stays whole until the rename).
         rows.sort(key=lambda row: int(row["index"]))
-        write_rows(csv_path, rows)
+        write_rows(csv_path, rows, columns)
     seconds = np.array([float(r["seconds"]) for r in rows])
     cpu_seconds = np.array([float(r["cpu_seconds"]) for r in rows])
     meta.update(
@@ -304,21 +307,27 @@ def _write_json(path: Path, data: dict) -> None:
 
 # ---------------------------------------------------------------- noise figures
 
+#: A function counts as good in the noise figures above this score in both runs.
+GOOD_SCORE = {"acc": 0.5, "score": 1.0}
+
 
 def noise_figures(arch: str, seed: int, data_dir: Path = DATA_DIR) -> dict:
     """Compare the re-runs of ``seed`` with the main table on the functions both hold."""
     from scipy.stats import pearsonr, spearmanr
 
-    main = {int(r["index"]): r for r in read_rows(result_paths(arch, MAIN_SEED, data_dir)[0])}
-    other = {int(r["index"]): r for r in read_rows(result_paths(arch, seed, data_dir)[0])}
+    columns, metric = columns_of(arch), metric_of(arch)
+    main_rows = read_rows(result_paths(arch, MAIN_SEED, data_dir)[0], columns=columns)
+    other_rows = read_rows(result_paths(arch, seed, data_dir)[0], columns=columns)
+    main = {int(r["index"]): r for r in main_rows}
+    other = {int(r["index"]): r for r in other_rows}
     common = sorted(set(main) & set(other))
     figures: dict = {"arch": arch, "seeds": [MAIN_SEED, seed], "pairs": len(common)}
     if not common:
         return figures
-    a = np.array([float(main[i]["val_acc"]) for i in common])
-    b = np.array([float(other[i]["val_acc"]) for i in common])
-    ta = np.array([float(main[i]["test_acc"]) for i in common])
-    tb = np.array([float(other[i]["test_acc"]) for i in common])
+    a = np.array([float(main[i][f"val_{metric}"]) for i in common])
+    b = np.array([float(other[i][f"val_{metric}"]) for i in common])
+    ta = np.array([float(main[i][f"test_{metric}"]) for i in common])
+    tb = np.array([float(other[i][f"test_{metric}"]) for i in common])
     div_a = np.array([main[i]["diverged"] == "1" for i in common])
     div_b = np.array([other[i]["diverged"] == "1" for i in common])
     trained = ~div_a & ~div_b
@@ -330,17 +339,17 @@ def noise_figures(arch: str, seed: int, data_dir: Path = DATA_DIR) -> dict:
         if mask.sum() < 3:
             return
         d = a[mask] - b[mask]
-        figures[f"{prefix}val_acc_diff_std"] = float(np.std(d, ddof=1))
-        figures[f"{prefix}val_acc_diff_mean_abs"] = float(np.mean(np.abs(d)))
-        figures[f"{prefix}val_acc_diff_median_abs"] = float(np.median(np.abs(d)))
-        figures[f"{prefix}val_acc_diff_max_abs"] = float(np.max(np.abs(d)))
-        figures[f"{prefix}val_acc_spearman"] = float(spearmanr(a[mask], b[mask])[0])
-        figures[f"{prefix}val_acc_pearson"] = float(pearsonr(a[mask], b[mask])[0])
-        figures[f"{prefix}test_acc_spearman"] = float(spearmanr(ta[mask], tb[mask])[0])
+        figures[f"{prefix}val_{metric}_diff_std"] = float(np.std(d, ddof=1))
+        figures[f"{prefix}val_{metric}_diff_mean_abs"] = float(np.mean(np.abs(d)))
+        figures[f"{prefix}val_{metric}_diff_median_abs"] = float(np.median(np.abs(d)))
+        figures[f"{prefix}val_{metric}_diff_max_abs"] = float(np.max(np.abs(d)))
+        figures[f"{prefix}val_{metric}_spearman"] = float(spearmanr(a[mask], b[mask])[0])
+        figures[f"{prefix}val_{metric}_pearson"] = float(pearsonr(a[mask], b[mask])[0])
+        figures[f"{prefix}test_{metric}_spearman"] = float(spearmanr(ta[mask], tb[mask])[0])
 
     describe(np.ones(len(common), bool), "all_")
     describe(trained, "trained_")
-    good = trained & (a > 0.5) & (b > 0.5)
+    good = trained & (a > GOOD_SCORE[metric]) & (b > GOOD_SCORE[metric])
     figures["good_in_both"] = int(good.sum())
     describe(good, "good_")
     return figures
@@ -350,7 +359,8 @@ def print_noise_figures(arch: str, seed: int, data_dir: Path = DATA_DIR, log=pri
     figures = noise_figures(arch, seed, data_dir)
     log(
         f"[{arch}] noise, seed {MAIN_SEED} vs seed {seed}: {figures['pairs']} functions in both "
-        "files (all_: every pair; trained_: neither run diverged; good_: val_acc > 0.5 in both)"
+        "files (all_: every pair; trained_: neither run diverged; good_: "
+        f"val_{metric_of(arch)} > {GOOD_SCORE[metric_of(arch)]} in both)"
     )
     for key, value in figures.items():
         if key not in ("arch", "seeds", "pairs"):
