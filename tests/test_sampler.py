@@ -394,3 +394,49 @@ def test_best_candidates_are_the_head_of_a_stable_sort(n):
     candidates = np.arange(100) * 3
     expected = candidates[np.argsort(-values, kind="stable")][:n]
     assert np.array_equal(_acquisition._best(values, candidates, n), expected)
+
+
+def test_uncertainty_is_the_neighbours_spread_growing_with_distance():
+    coords = np.array([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.1, 0.0], [1.0, 10.0]])
+    observed = np.array([0, 1, 2])
+    same = _acquisition.uncertainty(
+        _acquisition.Neighbours(), coords, observed, np.array([0.5, 0.5, 0.5]), 3, 1.0
+    )
+    assert np.allclose(same, 0.0)  # neighbours agree and the spread of all scores is zero
+    scores = np.array([0.0, 1.0, 2.0])
+    sigma = _acquisition.uncertainty(_acquisition.Neighbours(), coords, observed, scores, 3, 1.0)
+    assert sigma[0] == pytest.approx(0.5)  # on the two points at 0: their scores' spread
+    assert sigma[3] > sigma[0]  # a little farther away: a little less sure
+    # Far away, the spread of all scores adds to that of the (distant) neighbours.
+    assert sigma[4] > np.std(scores) and sigma[4] == pytest.approx(
+        np.sqrt(2) * np.std(scores), 0.01
+    )
+
+
+def test_ucb_without_exploration_is_greedy_in_the_feature_space(space):
+    greedy = activations(run_study(space, None, n_trials=20, acquisition="greedy"))
+    ucb = activations(run_study(space, None, n_trials=20, exploration=0.0))
+    assert ucb == greedy
+    explored = activations(run_study(space, None, n_trials=20))
+    assert explored[:6] == greedy[:6] and explored != greedy  # the baselines, then other picks
+
+
+def test_surrogate_points_are_the_reduced_features(space):
+    sampler = AquaSurfSampler(space, seed=0)
+    points = sampler.surrogate_points()
+    assert points.shape == (len(space), 16)  # outputs only: 16 principal components
+    assert points.dtype == np.float32
+    assert np.mean(np.sum(points.astype(np.float64) ** 2, axis=1)) == pytest.approx(1.0)
+    map_sampler = AquaSurfSampler(space, seed=0, surrogate="map")
+    assert map_sampler.surrogate_points().shape == (len(space), 2)
+
+
+def test_any_scikit_learn_regressor_plugs_in(space):
+    from sklearn.ensemble import RandomForestRegressor
+
+    regressor = RandomForestRegressor(n_estimators=5, random_state=0)
+    study = run_study(space, None, n_trials=15, regressor=regressor)
+    functions = {space.find_equivalent(n) for n in activations(study)}
+    assert len(functions) == 15
+    predicted = study.sampler.predict(study)
+    assert predicted.shape == (len(space),) and np.isfinite(predicted).all()
