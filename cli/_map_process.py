@@ -1,11 +1,11 @@
 """The map of the space, computed by a process of its own while the first trials train.
 
-The sampler's first picks are the baselines, which need no map. A search whose map is not
-stored yet starts :class:`BackgroundMap`: a process that computes the Fisher features of the
-model (stored with the study, as any worker would) and says so, then, at a lower priority, the
-2-D map for plots. The first surrogate pick waits for the features: on the same cores (or GPU),
-helping compute them would only slow both down. Workers started by ``--workers`` split the
-Fisher chunks that the map process has not started, through the store's leases.
+The sampler's first picks are the baselines, which need no map. A search whose map is not stored
+yet starts :class:`BackgroundMap`: a process that computes the Fisher features of the model
+(stored with the study, as any worker would) and says so, then the 2-D map for plots. The first
+surrogate pick waits for the features: on the same cores (or GPU), helping compute them would
+only slow both down. Workers started by ``--workers`` split the Fisher chunks that the map
+process has not started, through the store's leases.
 """
 
 from __future__ import annotations
@@ -114,11 +114,20 @@ class BackgroundMap:
                 return
         self.poll()
 
-    def __exit__(self, *exc_info) -> None:
-        """Stop the map process if the search ends first; it gives its leases back."""
+    def __exit__(self, exc_type, *exc_info) -> None:
+        """Let the map process finish the 2-D map when the search ends normally after the
+        features (Ctrl-C skips it); stop it otherwise: it gives its leases back."""
         self.poll()
         if self.process is None:
             return
+        if exc_type is None and self._features_ready.is_set():
+            err_console.print("Finishing the map of the space for `aquasurf plot` (Ctrl-C skips).")
+            try:
+                self.process.join()
+                self.poll()
+                return
+            except KeyboardInterrupt:
+                pass
         self.process.terminate()
         self.process.join(STOP_TIMEOUT)
         if self.process.is_alive():
@@ -128,7 +137,7 @@ class BackgroundMap:
 
 def compute_map(path: Path, settings, study_name: str, parent: int, features_ready) -> None:
     """Body of the map process: compute and store the Fisher features of the study's space, set
-    ``features_ready``, then compute and store its 2-D map at a lower priority.
+    ``features_ready``, then compute and store its 2-D map.
 
     The process stops with its parent (even one killed with SIGKILL); SIGTERM unwinds it, so
     that the leases it holds are given back. Errors end it quietly with exit code 1: the search
@@ -155,7 +164,6 @@ def compute_map(path: Path, settings, study_name: str, parent: int, features_rea
             sys.exit(OTHER_MAP)
         sampler.surrogate_points(study)
         features_ready.set()
-        os.nice(10)  # the map is for plots: the trials' training comes first
         sampler.embedding(study)
     except Exception:  # noqa: BLE001 - reported by the search process, which computes it again
         sys.exit(1)

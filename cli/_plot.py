@@ -12,6 +12,7 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from optuna_aquasurf import AquaSurfSampler
+from optuna_aquasurf.cli._console import UserError
 from optuna_aquasurf.cli._trials import counts_toward_target
 
 
@@ -34,6 +35,7 @@ def write_plots(study: optuna.Study, sampler: AquaSurfSampler, folder: Path) -> 
     score (failed ones as crosses), the best as a star. The history shows each trial's score
     and the best so far.
     """
+    _check_plot_libraries()
     folder.mkdir(parents=True, exist_ok=True)
     coords = sampler.embedding(study)
     predicted = sampler.predict(study)
@@ -47,6 +49,17 @@ def write_plots(study: optuna.Study, sampler: AquaSurfSampler, folder: Path) -> 
     _history_png(paths[2], study.study_name, evaluated, maximize)
     _history_html(paths[3], study.study_name, evaluated, maximize)
     return paths
+
+
+def _check_plot_libraries() -> None:
+    """Raise a UserError naming the extra to install when matplotlib or plotly is missing."""
+    import importlib.util
+
+    missing = [name for name in ("matplotlib", "plotly") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(
+            f"`aquasurf plot` needs {' and '.join(missing)}: pip install 'optuna-aquasurf[plot]'"
+        )
 
 
 def _evaluated(study: optuna.Study, sampler: AquaSurfSampler, coords: np.ndarray) -> Evaluated:

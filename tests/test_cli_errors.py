@@ -257,3 +257,17 @@ def test_search_parameters_are_suggested_and_recorded():
     for t in trials("model"):
         assert set(t.params) == {"lr", "width", "norm"}
         assert t.value == pytest.approx(t.params["lr"] * t.params["width"])
+
+
+def test_plot_without_its_libraries_names_the_extra(monkeypatch):
+    import importlib.util
+
+    from optuna_aquasurf.cli import _plot
+    from optuna_aquasurf.cli._console import UserError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "plotly" else real(name, *a)
+    )
+    with pytest.raises(UserError, match=r"needs plotly: pip install 'optuna-aquasurf\[plot\]'"):
+        _plot._check_plot_libraries()
