@@ -59,9 +59,10 @@ class AquaSurfSampler(BaseSampler):
     ``kappa`` times its uncertainty: the spread of the nearest scored functions' scores, growing
     with the distance to them. ``kappa`` is drawn anew for every pick from an exponential
     distribution of mean ``exploration``, so that some picks exploit and some explore.
-    ``"explore"`` adds ``exploration`` times the distance to the nearest tried function instead,
-    after ``n_design`` space-filling picks; ``"greedy"`` is the reference's rule: the best
-    prediction alone.
+    ``"explore"`` adds ``exploration`` times the distance to the nearest tried function instead;
+    ``"greedy"`` is the reference's rule: the best prediction alone. Any of them can start, after
+    the baselines, with ``n_design`` space-filling picks (each the function farthest from all
+    tried ones).
 
     Use it with :func:`suggest_activation`; the activation is recorded in each trial's user
     attribute ``"activation"`` (readable in ``trials_dataframe()`` and optuna-dashboard).
