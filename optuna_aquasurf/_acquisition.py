@@ -29,6 +29,11 @@ def neighbours_of(regressor: RegressorMixin) -> int:
     return UNCERTAINTY_NEIGHBOURS
 
 
+def is_default_knn(regressor: RegressorMixin) -> bool:
+    """Whether ``regressor`` predicts as :func:`predict_with_uncertainty` does."""
+    return _is_euclidean_knn(regressor) and regressor.weights == "distance"
+
+
 class Neighbours:
     """For every point of a map, its ``k`` nearest sites, kept up to date as sites come.
 
@@ -131,15 +136,13 @@ def predict(
     newly observed point costing one pass over the points.
     """
     if neighbours is not None and _is_euclidean_knn(regressor):
-        weights, neighbour_scores = _neighbour_weights(
+        weights, neighbour_scores, _ = _neighbour_weights(
             neighbours, coords, observed, scores, regressor.n_neighbors, regressor.weights
         )
-        if regressor.weights == "uniform":
-            total = np.zeros(len(coords))
-            for column in neighbour_scores.T:  # summed in scikit-learn's order, for the same bits
-                total += column
-            return total / neighbour_scores.shape[1]
-        return np.sum(weights * neighbour_scores, axis=1) / np.sum(weights, axis=1)
+        total = np.zeros(len(coords))
+        for row in neighbour_scores * weights:  # summed in scikit-learn's order, for the same bits
+            total += row
+        return total / _sum_rows(weights)
     model = clone(regressor)
     if isinstance(model, KNeighborsRegressor):
         model.set_params(n_neighbors=min(model.n_neighbors, len(observed)))
@@ -147,51 +150,64 @@ def predict(
     return np.asarray(model.predict(coords), dtype=np.float64)
 
 
-def uncertainty(
+def predict_with_uncertainty(
     neighbours: Neighbours,
     coords: np.ndarray,
     observed: np.ndarray,
     scores: np.ndarray,
     k: int,
     length_scale: float,
-) -> np.ndarray:
-    """How unsure a prediction is at every point, in units of score.
+) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse-distance kNN prediction of every point (as :func:`predict` gives it with the
+    default regressor), and how unsure it is, in units of score.
 
-    The spread (inverse-distance weighted standard deviation) of the scores of the point's ``k``
-    nearest scored points, combined with a term that grows with the distance ``d`` to the nearest
-    one, from 0 to the standard deviation of all scores: ``sqrt(spread**2 + std**2 * (1 -
-    exp(-(d / length_scale)**2)))``, as a Gaussian process's prior variance returns far from its
-    data.
+    The uncertainty combines the spread (inverse-distance weighted standard deviation) of the
+    scores of the point's ``k`` nearest scored points with a term that grows with the distance
+    ``d`` to the nearest one, from 0 to the standard deviation of all scores: ``sqrt(spread**2 +
+    std**2 * (1 - exp(-(d / length_scale)**2)))``, as a Gaussian process's prior variance returns
+    far from its data.
     """
-    weights, neighbour_scores = _neighbour_weights(
+    weights, neighbour_scores, nearest = _neighbour_weights(
         neighbours, coords, observed, scores, k, "distance"
     )
-    weights = weights / np.sum(weights, axis=1, keepdims=True)
-    mean = np.sum(weights * neighbour_scores, axis=1, keepdims=True)
-    spread = np.sum(weights * np.square(neighbour_scores - mean), axis=1)
-    squared, _ = neighbours.nearest(coords, observed, k)
-    far = np.var(scores) * -np.expm1(-squared[:, 0] / length_scale**2)
-    return np.sqrt(spread + far)
+    total = _sum_rows(weights)
+    predicted = np.zeros(len(coords))
+    for row in neighbour_scores * weights:  # as predict() sums them, for the same bits
+        predicted += row
+    predicted /= total
+    shares = weights / total
+    mean = _sum_rows(shares * neighbour_scores)
+    spread = _sum_rows(shares * np.square(neighbour_scores - mean))
+    far = np.var(scores) * -np.expm1(-nearest / length_scale**2)
+    return predicted, np.sqrt(spread + far)
 
 
 def _neighbour_weights(neighbours, coords, observed, scores, k, weights):
     """Weights and scores of every point's ``k`` nearest observed points (fewer while fewer are
-    observed), ``(len(coords), k)`` each; weights as scikit-learn's kNN gives them: ones, or
-    inverse distances (the points at distance zero alone, when there are some)."""
+    observed), one row per neighbour (``(k, len(coords))`` each: the sums over neighbours stay
+    fast), and the squared distance to the nearest one. Weights as scikit-learn's kNN gives
+    them: ones, or inverse distances (the points at distance zero alone, when there are some)."""
     squared, index = neighbours.nearest(coords, observed, k)
     k = min(k, len(observed))
     score = np.zeros(len(coords))
     score[observed] = scores
-    neighbour_scores = score[index[:, :k]]
+    neighbour_scores = score[index[:, :k].T]
     if weights == "uniform":
-        return np.ones_like(neighbour_scores), neighbour_scores
-    distance = np.sqrt(squared[:, :k])
+        return np.ones_like(neighbour_scores), neighbour_scores, squared[:, 0]
     with np.errstate(divide="ignore"):
-        inverse = 1.0 / distance
+        inverse = 1.0 / np.sqrt(squared[:, :k].T)
     exact = np.isinf(inverse)
-    on_a_point = exact.any(axis=1)
-    inverse[on_a_point] = exact[on_a_point]
-    return inverse, neighbour_scores
+    on_a_point = np.logical_or.reduce(exact, axis=0)
+    inverse[:, on_a_point] = exact[:, on_a_point]
+    return inverse, neighbour_scores, squared[:, 0]
+
+
+def _sum_rows(values: np.ndarray) -> np.ndarray:
+    """The sum of the rows of a few long rows, in row order."""
+    total = values[0].copy()
+    for row in values[1:]:
+        total += row
+    return total
 
 
 def rank(
@@ -205,7 +221,8 @@ def rank(
     """The ``n`` best candidates, best first, scores being "higher is better".
 
     ``"greedy"`` (the reference rule) orders by predicted score alone. ``"ucb"`` adds
-    ``exploration`` times the :func:`uncertainty` (``bonus``): an upper confidence bound.
+    ``exploration`` times the uncertainty of :func:`predict_with_uncertainty` (``bonus``): an
+    upper confidence bound.
     ``"explore"`` adds ``exploration`` times the distance to the nearest tried point
     (``bonus``), both terms scaled to [0, 1] over the candidates, so that regions far from
     everything tried keep a chance.

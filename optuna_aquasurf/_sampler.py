@@ -348,14 +348,19 @@ class AquaSurfSampler(BaseSampler):
         if study.direction == StudyDirection.MINIMIZE:
             scores = -scores
         scored = self._neighbours["scored"]
-        predicted = _acquisition.predict(self._regressor, points, functions, scores, scored)
-        exploration, bonus = self._exploration, None
+        exploration, bonus, predicted = self._exploration, None, None
         if self._acquisition == "ucb":
             k = _acquisition.neighbours_of(self._regressor)
             length_scale = self._length_scale(points)
-            bonus = _acquisition.uncertainty(scored, points, functions, scores, k, length_scale)
+            knn, bonus = _acquisition.predict_with_uncertainty(
+                scored, points, functions, scores, k, length_scale
+            )
+            if _acquisition.is_default_knn(self._regressor):
+                predicted = knn
             exploration = self._pick_rng(len(tried)).exponential(self._exploration)
-        elif self._acquisition == "explore":
+        if predicted is None:
+            predicted = _acquisition.predict(self._regressor, points, functions, scores, scored)
+        if self._acquisition == "explore":
             bonus = _acquisition.distance_to_nearest(self._neighbours["tried"], points, tried)
         return _acquisition.rank(
             self._acquisition, predicted, candidates, exploration, _CLAIM_ATTEMPTS, bonus

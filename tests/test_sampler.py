@@ -397,14 +397,19 @@ def test_best_candidates_are_the_head_of_a_stable_sort(n):
 
 
 def test_uncertainty_is_the_neighbours_spread_growing_with_distance():
+    table = _acquisition.Neighbours()
     coords = np.array([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.1, 0.0], [1.0, 10.0]])
     observed = np.array([0, 1, 2])
-    same = _acquisition.uncertainty(
+    same = _acquisition.predict_with_uncertainty(
         _acquisition.Neighbours(), coords, observed, np.array([0.5, 0.5, 0.5]), 3, 1.0
-    )
+    )[1]
     assert np.allclose(same, 0.0)  # neighbours agree and the spread of all scores is zero
     scores = np.array([0.0, 1.0, 2.0])
-    sigma = _acquisition.uncertainty(_acquisition.Neighbours(), coords, observed, scores, 3, 1.0)
+    predicted, sigma = _acquisition.predict_with_uncertainty(
+        _acquisition.Neighbours(), coords, observed, scores, 3, 1.0
+    )
+    knn = _acquisition.default_regressor()
+    assert np.array_equal(predicted, _acquisition.predict(knn, coords, observed, scores, table))
     assert sigma[0] == pytest.approx(0.5)  # on the two points at 0: their scores' spread
     assert sigma[3] > sigma[0]  # a little farther away: a little less sure
     # Far away, the spread of all scores adds to that of the (distant) neighbours.
