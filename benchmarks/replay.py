@@ -211,11 +211,17 @@ def noise_unit(arch: str) -> float:
     """The standard deviation of one good function's score between two training seeds: that of
     the difference between the main table and the noise re-run (seed 2) over the noise functions
     that score above the builder's "good" threshold in both, divided by sqrt(2)."""
-    main, noise = load_act_bench_digits(arch), load_act_bench_digits(arch, seed=2)
-    threshold = GOOD_SCORE[main.score_column.removeprefix("val_")]
-    pairs = np.array([(main.value(e), noise.value(e)) for e in noise.expressions])
-    good = (pairs > threshold).all(axis=1)
+    column, pairs = _seed_pairs(arch)
+    good = (pairs > GOOD_SCORE[column.removeprefix("val_")]).all(axis=1)
     return float(np.std(pairs[good, 0] - pairs[good, 1], ddof=1) / np.sqrt(2))
+
+
+def _seed_pairs(arch: str, keep=lambda expression: True) -> tuple[str, np.ndarray]:
+    """The main score's column, and its value in the main table and in the noise re-run (seed 2)
+    of each noise function that ``keep`` accepts, one row each."""
+    main, noise = load_act_bench_digits(arch), load_act_bench_digits(arch, seed=2)
+    expressions = [e for e in noise.expressions if keep(e)]
+    return main.score_column, np.array([(main.value(e), noise.value(e)) for e in expressions])
 
 
 def _median_reach(so_far: np.ndarray, level: float) -> str:
@@ -315,11 +321,10 @@ def noise_ceiling(arch: str) -> tuple[float, int]:
     over their common functions finite at the probe points, and how many they are."""
     from scipy.stats import spearmanr
 
-    main, noise = load_act_bench_digits(arch), load_act_bench_digits(arch, seed=2)
     space = SearchSpace.from_schemas(["binary(unary(x),unary(x))"], unary=PAPER_UNARY)
-    finite = [e for e in noise.expressions if space[space.find_equivalent(e)].finite]
-    agreement = spearmanr([main.value(e) for e in finite], [noise.value(e) for e in finite])
-    return float(np.sqrt(max(agreement.statistic, 0.0))), len(finite)
+    _, pairs = _seed_pairs(arch, keep=lambda e: space[space.index(e)].finite)
+    agreement = spearmanr(pairs[:, 0], pairs[:, 1]).statistic
+    return float(np.sqrt(max(agreement, 0.0))), len(pairs)
 
 
 def _budgeted_fisher(context, keep, outputs, share, seed) -> np.ndarray:

@@ -139,10 +139,7 @@ def predict(
         weights, neighbour_scores, _ = _neighbour_weights(
             neighbours, coords, observed, scores, regressor.n_neighbors, regressor.weights
         )
-        total = np.zeros(len(coords))
-        for row in neighbour_scores * weights:  # summed in scikit-learn's order, for the same bits
-            total += row
-        return total / _sum_rows(weights)
+        return _weighted_mean(weights, neighbour_scores)
     model = clone(regressor)
     if isinstance(model, KNeighborsRegressor):
         model.set_params(n_neighbors=min(model.n_neighbors, len(observed)))
@@ -170,12 +167,8 @@ def predict_with_uncertainty(
     weights, neighbour_scores, nearest = _neighbour_weights(
         neighbours, coords, observed, scores, k, "distance"
     )
-    total = _sum_rows(weights)
-    predicted = np.zeros(len(coords))
-    for row in neighbour_scores * weights:  # as predict() sums them, for the same bits
-        predicted += row
-    predicted /= total
-    shares = weights / total
+    predicted = _weighted_mean(weights, neighbour_scores)
+    shares = weights / _sum_rows(weights)
     mean = _sum_rows(shares * neighbour_scores)
     spread = _sum_rows(shares * np.square(neighbour_scores - mean))
     far = np.var(scores) * -np.expm1(-nearest / length_scale**2)
@@ -202,6 +195,12 @@ def _neighbour_weights(neighbours, coords, observed, scores, k, weights):
     return inverse, neighbour_scores, squared[:, 0]
 
 
+def _weighted_mean(weights: np.ndarray, neighbour_scores: np.ndarray) -> np.ndarray:
+    """The kNN prediction from one row per neighbour, summed nearest first as scikit-learn
+    sums them, for the same bits."""
+    return _sum_rows(weights * neighbour_scores) / _sum_rows(weights)
+
+
 def _sum_rows(values: np.ndarray) -> np.ndarray:
     """The sum of the rows of a few long rows, in row order."""
     total = values[0].copy()
@@ -222,10 +221,9 @@ def rank(
 
     ``"greedy"`` (the reference rule) orders by predicted score alone. ``"ucb"`` adds
     ``exploration`` times the uncertainty of :func:`predict_with_uncertainty` (``bonus``): an
-    upper confidence bound.
-    ``"explore"`` adds ``exploration`` times the distance to the nearest tried point
-    (``bonus``), both terms scaled to [0, 1] over the candidates, so that regions far from
-    everything tried keep a chance.
+    upper confidence bound. ``"explore"`` adds ``exploration`` times the distance to the nearest
+    tried point (``bonus``), both terms scaled to [0, 1] over the candidates, so that regions far
+    from everything tried keep a chance.
     """
     value = predicted[candidates]
     if acquisition == "ucb":
