@@ -7,8 +7,9 @@ Each space is measured in a process of its own, so that its peak memory is its o
 enumerate it, to compute its map with output features (numba compilation included: the first map
 of a process), the process's peak RSS after the map, the seconds to derive the surrogate's feature
 space, the median latency of 30 surrogate picks (the default ``acquisition="ucb"``) in a study with
-200 completed trials (no baselines to try first), and the time to locate an expression outside the
-space. Targets on 2 cores: map of the 400k space within 10 minutes and 8 GB, median
+200 completed trials (no baselines to try first), the same with a prior (an earlier study and a
+bundled table; read before the first pick, which is timed), and the time to locate an expression
+outside the space. Targets on 2 cores: map of the 400k space within 10 minutes and 8 GB, median
 suggestion under 50 ms, the paper space's map under 30 s. Beside the latency it prints the cost of
 refitting the map at every suggestion (the reference implementation's way) as a ratio.
 """
@@ -30,13 +31,14 @@ SPACES = {
         "PAPER_UNARY",
     ),
 }
+#: The bundled table beside an earlier study in the prior of the latency with a prior.
+PRIOR_TABLE = "act-bench-digits:cnn"
 #: An expression outside every space above.
 OUTSIDE = "mul(gelu(x),sum_n(mish(x),x,x))"
 
 
 def measure(name: str) -> None:
     """Print the figures of one space (run in a process of its own)."""
-    import numpy as np
     import optuna
 
     import optuna_aquasurf
@@ -56,23 +58,11 @@ def measure(name: str) -> None:
     sampler.surrogate_points()
     features_seconds = time.perf_counter() - start
 
-    study = optuna.create_study(direction="maximize", sampler=sampler)
-    rng = np.random.default_rng(0)
-    for function in rng.choice(len(space), size=200, replace=False):
-        study.add_trial(
-            optuna.trial.create_trial(
-                value=float(rng.random()),
-                user_attrs={"activation": space[int(function)].expression},
-            )
-        )
-    latency = []
-    for _ in range(30):
-        trial = study.ask()
-        start = time.perf_counter()
-        sampler.suggest(study, trial)
-        latency.append(time.perf_counter() - start)
-        study.tell(trial, float(rng.random()))
-    median = statistics.median(latency)
+    median = _median_latency(sampler, space, seed=0)
+    earlier = optuna.create_study(direction="minimize")
+    _add_random_trials(earlier, space, seed=1)
+    with_prior = AquaSurfSampler(space, baselines=(), seed=0, prior=[earlier, PRIOR_TABLE])
+    median_with_prior = _median_latency(with_prior, space, seed=0)
     start = time.perf_counter()
     sampler.locate(OUTSIDE)
     locate_seconds = time.perf_counter() - start
@@ -85,10 +75,45 @@ def measure(name: str) -> None:
         f"  peak RSS after the map      {peak_gib:8.2f} GiB\n"
         f"  feature space (surrogate)   {features_seconds:8.1f} s\n"
         f"  median suggestion latency   {median * 1000:8.1f} ms   (target < 50 ms)\n"
+        f"  with a prior                {median_with_prior * 1000:8.1f} ms   (an earlier study of "
+        f"200 trials and {PRIOR_TABLE})\n"
         f"  locate {OUTSIDE} {locate_seconds * 1000:.0f} ms\n"
         f"  refit-every-suggestion cost {map_seconds / median:8.0f} x the median latency",
         flush=True,
     )
+
+
+def _median_latency(sampler, space, seed: int) -> float:
+    """Median seconds of 30 suggestions in a study of 200 completed trials of random scores."""
+    import numpy as np
+    import optuna
+
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    _add_random_trials(study, space, seed)
+    rng = np.random.default_rng(seed)
+    latency = []
+    for _ in range(30):
+        trial = study.ask()
+        start = time.perf_counter()
+        sampler.suggest(study, trial)
+        latency.append(time.perf_counter() - start)
+        study.tell(trial, float(rng.random()))
+    return statistics.median(latency)
+
+
+def _add_random_trials(study, space, seed: int) -> None:
+    """200 completed trials of random functions of ``space`` with random scores."""
+    import numpy as np
+    import optuna
+
+    rng = np.random.default_rng(seed)
+    for function in rng.choice(len(space), size=200, replace=False):
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=float(rng.random()),
+                user_attrs={"activation": space[int(function)].expression},
+            )
+        )
 
 
 def main() -> None:

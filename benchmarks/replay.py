@@ -3,6 +3,7 @@
     python -m benchmarks.replay --arch cnn                  # 20 seeds x 200 trials per sampler
     python -m benchmarks.replay --arch cnn --surrogate      # surrogate quality (5-fold Spearman)
     python -m benchmarks.replay --arch cnn --samplers aquasurf,random --seeds 5
+    python -m benchmarks.replay --arch all --prior all --trials 100   # transfer between tables
 
 Results are appended to ``benchmarks/results/replay_<arch>.jsonl`` (one line per sampler and
 seed; a rerun skips what is there), then summarised: median evaluations to reach the best
@@ -13,6 +14,11 @@ is the table's main score (validation accuracy, or -log10 of the validation MSE 
 table's noise unit (the standard deviation of a good function's score between two training
 seeds, from its noise re-run) is printed beside; a regret is marked ``*`` where it is lower than
 every other sampler's by more than that unit.
+
+With ``--prior SOURCES``, each target table (``--arch``) is searched by the default sampler
+starting from each other table of SOURCES (``prior-<source>``) and from a copy of it whose scores
+are shuffled between functions (``shuffled-<source>``); the summary sets them beside the default
+without a prior, pair by pair, with the two tables' Spearman correlation.
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+from optuna.trial import TrialState
 from sklearn.neighbors import KNeighborsRegressor
 
-from benchmarks.act_bench_digits import load_act_bench_digits
+from benchmarks.act_bench_digits import ARCHITECTURES, load_act_bench_digits
 from benchmarks.act_bench_digits._train import build_model, task_of
 from benchmarks.act_bench_digits.build import GOOD_SCORE
 from benchmarks.evolution import RegularizedEvolutionSampler
@@ -58,6 +65,35 @@ def _on_the_map(**options):
     return make
 
 
+def _with_prior(source: str, shuffled: bool = False):
+    """The default sampler starting from the bundled table ``source`` (an architecture), or
+    from a copy of it whose scores are shuffled between functions (seeded by the search's
+    seed)."""
+
+    def make(c, s):
+        prior = _shuffled_table(source, s) if shuffled else f"act-bench-digits:{source}"
+        return AquaSurfSampler(c.space, c.probe, seed=s, prior=[prior])
+
+    return make
+
+
+def _shuffled_table(arch: str, seed: int) -> optuna.Study:
+    """A study holding the table of ``arch`` with each function given another's result (score,
+    or failure where that one diverged)."""
+    table = load_act_bench_digits(arch)
+    order = np.random.default_rng(seed).permutation(len(table))
+    study = optuna.create_study(direction="maximize")
+    study.add_trials(
+        optuna.trial.create_trial(
+            state=TrialState.FAIL if table.diverged[k] else TrialState.COMPLETE,
+            value=None if table.diverged[k] else float(table.score[k]),
+            user_attrs={"activation": expression},
+        )
+        for expression, k in zip(table.expressions, order)
+    )
+    return study
+
+
 SAMPLERS = {
     "aquasurf": _aquasurf(),
     "aquasurf-map": _on_the_map(),
@@ -79,6 +115,9 @@ SAMPLERS = {
     "tpe": lambda c, s: optuna.samplers.TPESampler(seed=s),
     "gp": lambda c, s: optuna.samplers.GPSampler(seed=s),
     "evolution": lambda c, s: RegularizedEvolutionSampler(c.space, seed=s),
+    # Transfer: the default sampler with another table as its prior, true or shuffled.
+    **{f"prior-{a}": _with_prior(a) for a in ARCHITECTURES},
+    **{f"shuffled-{a}": _with_prior(a, shuffled=True) for a in ARCHITECTURES},
 }
 
 
@@ -167,6 +206,11 @@ def _read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _finished_runs(arch: str, n_trials: int) -> list[dict]:
+    """The stored searches of ``arch`` with at least ``n_trials`` trials."""
+    return [r for r in _read(RESULTS / f"replay_{arch}.jsonl") if len(r["values"]) >= n_trials]
+
+
 def summarise(arch: str, samplers: list[str], n_trials: int) -> None:
     table = load_act_bench_digits(arch)
     space = SearchSpace.from_schemas(["binary(unary(x),unary(x))"], unary=PAPER_UNARY)
@@ -174,7 +218,7 @@ def summarise(arch: str, samplers: list[str], n_trials: int) -> None:
     best = scores.max()
     top1, top5 = np.quantile(scores, 0.99), np.quantile(scores, 0.95)
     unit = noise_unit(arch)
-    runs = [r for r in _read(RESULTS / f"replay_{arch}.jsonl") if len(r["values"]) >= n_trials]
+    runs = _finished_runs(arch, n_trials)
     checkpoints = [c for c in CHECKPOINTS if c <= n_trials]
     image = ", one validation image 0.0028" if table.score_column == "val_acc" else ""
     print(
@@ -205,6 +249,81 @@ def summarise(arch: str, samplers: list[str], n_trials: int) -> None:
             + "".join(f" {r:>10.4f}{m}" for r, m in zip(regrets, marks))
         )
     _plot(arch, curves, best, table.score_column)
+
+
+def transfer_summary(targets: list[str], sources: list[str], n_trials: int) -> None:
+    """Per pair of tables (source -> target): regret after 10/25/50/100 trials and evaluations
+    to the top 1%, without a prior, with the source's table and with it shuffled (medians over
+    seeds), against the targets of issue #16."""
+    from scipy.stats import spearmanr
+
+    space = SearchSpace.from_schemas(["binary(unary(x),unary(x))"], unary=PAPER_UNARY)
+    scores = {
+        a: np.array([load_act_bench_digits(a).value(e) for e in space.expressions])
+        for a in {*targets, *sources}
+    }
+    checkpoints = [c for c in (10, 25, 50, 100) if c <= n_trials]
+    print(
+        f"\nTransfer between Act-Bench-Digits tables: medians over seeds of the regret after "
+        f"{'/'.join(map(str, checkpoints))} trials and of the evaluations to the top 1%; "
+        "rho: Spearman of the two tables over all functions (finite ones in brackets)"
+    )
+    print(
+        f"{'source -> target':>22} {'rho':>12} {'prior':>9} {'seeds':>5} "
+        + " ".join(f"{'@' + str(c):>7}" for c in checkpoints)
+        + f" {'top1%':>6}  checks"
+    )
+    finite = space.finite
+    for target in targets:
+        best, top1 = scores[target].max(), np.quantile(scores[target], 0.99)
+        unit = noise_unit(target)
+        runs = _finished_runs(target, n_trials)
+        for source in (s for s in sources if s != target):
+            rho = spearmanr(scores[source], scores[target]).statistic
+            rho_finite = spearmanr(scores[source][finite], scores[target][finite]).statistic
+            rows = {}
+            for label, name in (
+                ("none", "aquasurf"),
+                ("table", f"prior-{source}"),
+                ("shuffled", f"shuffled-{source}"),
+            ):
+                values = np.array([r["values"][:n_trials] for r in runs if r["sampler"] == name])
+                if len(values) == 0:
+                    continue
+                so_far = np.maximum.accumulate(values, axis=1)
+                regret = [float(np.median(best - so_far[:, c - 1])) for c in checkpoints]
+                rows[label] = (len(values), regret, _median_reach(so_far, top1))
+            for label, (n_seeds, regret, reach) in rows.items():
+                pair = f"{source} -> {target}" if label == "none" else ""
+                correlation = f"{rho:.2f} ({rho_finite:.2f})" if label == "none" else ""
+                print(
+                    f"{pair:>22} {correlation:>12} {label:>9} {n_seeds:>5} "
+                    + " ".join(f"{r:7.4f}" for r in regret)
+                    + f" {reach:>6}  {_transfer_checks(label, rows, rho, unit, checkpoints)}"
+                )
+
+
+def _transfer_checks(label, rows, rho, unit, checkpoints) -> str:
+    """The targets of #16 that a row can meet: with the table, regret@25 at most half of
+    without (where the tables' Spearman is above 0.5) and no worse at 50 and 100; shuffled, at
+    most one noise unit worse at 50."""
+    if label == "none" or "none" not in rows:
+        return ""
+    without, mine = rows["none"][1], rows[label][1]
+    mine = [r - 1e-9 for r in mine]  # regrets are differences of table scores: equal up to rounding
+    at = {c: i for i, c in enumerate(checkpoints)}
+    checks = []
+    if label == "table":
+        if rho > 0.5 and 25 in at:
+            ok = mine[at[25]] <= without[at[25]] / 2
+            checks.append(f"@25 <= 1/2 {'met' if ok else 'MISSED'}")
+        for c in (50, 100):
+            if c in at:
+                checks.append(f"@{c} {'met' if mine[at[c]] <= without[at[c]] else 'MISSED'}")
+    elif 50 in at:
+        ok = mine[at[50]] <= without[at[50]] + unit
+        checks.append(f"@50 within {unit:.4f} {'met' if ok else 'MISSED'}")
+    return ", ".join(checks)
 
 
 def noise_unit(arch: str) -> float:
@@ -354,10 +473,22 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--surrogate", action="store_true", help="surrogate quality only")
     parser.add_argument("--summary", action="store_true", help="summarise existing results")
+    parser.add_argument(
+        "--prior", help="transfer: tables to start from (comma-separated, or all), see above"
+    )
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.surrogate:
         surrogate_quality(args.arch)
+        return
+    if args.prior:
+        targets = list(ARCHITECTURES) if args.arch == "all" else args.arch.split(",")
+        sources = list(ARCHITECTURES) if args.prior == "all" else args.prior.split(",")
+        if not args.summary:
+            for target in targets:
+                mine = [f"{k}-{s}" for s in sources if s != target for k in ("prior", "shuffled")]
+                run_searches(target, mine, args.seeds, args.trials, args.workers)
+        transfer_summary(targets, sources, args.trials)
         return
     samplers = args.samplers.split(",")
     unknown = [s for s in samplers if s not in SAMPLERS]

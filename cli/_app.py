@@ -117,6 +117,15 @@ def optimize(
             "other machines run the same command with the same --storage and --study.",
         ),
     ] = 1,
+    prior: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="SOURCE",
+            help="Start from an earlier search: STUDY@STORAGE_URL (e.g. "
+            "resnet@sqlite:///old.db) or a bundled table (act-bench-digits:cnn, vit, resnet, "
+            "regression). Repeat for several. Read once, when the study starts.",
+        ),
+    ] = None,
     worker: Annotated[str | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Search activation functions for the model in FILE, or resume that search.
@@ -138,6 +147,7 @@ def optimize(
         heartbeat_interval=heartbeat_interval,
         grace_period=grace_period,
         max_retry=max_retry,
+        prior=tuple(prior or ()),
     )
     if workers == 1:
         run(file, settings, worker)

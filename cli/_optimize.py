@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from rich.markup import escape
 from sqlalchemy.exc import SQLAlchemyError
 
 from optuna_aquasurf import AquaSurfSampler, SpaceExhaustedError
+from optuna_aquasurf._prior import source_label
 from optuna_aquasurf._store import lost_connection
 from optuna_aquasurf.cli import _views
 from optuna_aquasurf.cli._console import UserError, console, err_console
@@ -52,9 +54,21 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def build_sampler(user: UserFile, seed: int, device) -> AquaSurfSampler:
-    """The sampler of the model file: its SPACE, a Fisher probe with ``fisher_batch()``."""
-    return AquaSurfSampler(space=user.search_space(), probe=user.probe(seed, device), seed=seed)
+def build_sampler(user: UserFile, seed: int, device, prior: Sequence[str] = ()) -> AquaSurfSampler:
+    """The sampler of the model file: its SPACE, a Fisher probe with ``fisher_batch()``, and
+    the ``prior`` of ``--prior``.
+
+    Raises
+    ------
+    UserError
+        For a ``prior`` that names nothing readable.
+    """
+    try:
+        return AquaSurfSampler(
+            space=user.search_space(), probe=user.probe(seed, device), seed=seed, prior=prior
+        )
+    except ValueError as error:
+        raise UserError(f"--prior: {error}") from None
 
 
 def find_sites(user: UserFile) -> None:
@@ -91,6 +105,7 @@ class SearchSettings:
     heartbeat_interval: int
     grace_period: int | None
     max_retry: int
+    prior: tuple[str, ...] = ()
 
 
 def open_study(path: Path, settings: SearchSettings) -> tuple[UserFile, optuna.Study]:
@@ -115,7 +130,7 @@ def open_study(path: Path, settings: SearchSettings) -> tuple[UserFile, optuna.S
         storage=storage,
         study_name=settings.study_name or path.stem,
         direction=user.direction,
-        sampler=build_sampler(user, settings.seed, torch_device),
+        sampler=build_sampler(user, settings.seed, torch_device, settings.prior),
         pruner=make_pruner(settings.pruner),
         load_if_exists=True,
     )
@@ -134,7 +149,23 @@ def open_study(path: Path, settings: SearchSettings) -> tuple[UserFile, optuna.S
             "map": _map_key(study),
         },
     )
+    _read_prior(study)
     return user, study
+
+
+def _read_prior(study: optuna.Study) -> None:
+    """Read the ``--prior`` sources now (once per study), so that a bad one stops the search
+    before its first trial.
+
+    Raises
+    ------
+    UserError
+        For a source that cannot be read.
+    """
+    try:
+        study.sampler.prior_observations(study)
+    except ValueError as error:
+        raise UserError(f"--prior: {error}") from None
 
 
 def _map_key(study: optuna.Study) -> str:
@@ -160,6 +191,9 @@ def describe(study: optuna.Study, user: UserFile, settings: SearchSettings, wher
         + (", Fisher features of the model" if user.fisher_batch else "")
         + "."
     )
+    for source, (functions, _) in zip(settings.prior, study.sampler.prior_observations(study)):
+        label = escape(source_label(source))
+        err_console.print(f"Prior {label}: {len(functions):,} functions of the space scored.")
     if done >= settings.n_trials:
         err_console.print(f"Nothing to do: raise --n-trials above {done} to continue.")
     return done

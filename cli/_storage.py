@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import re
 import warnings
 from pathlib import Path
 
+from optuna_aquasurf._store import masked
 from optuna_aquasurf.cli._console import UserError
 
 #: The storage of ``aquasurf`` when none is given: a SQLite file in the current folder.
@@ -13,17 +13,6 @@ DEFAULT_STORAGE = "sqlite:///aquasurf.db"
 #: Seconds a SQLite connection waits for a lock held by another worker.
 SQLITE_TIMEOUT = 30
 _EXAMPLES = "such as sqlite:///aquasurf.db or postgresql://user:password@host/db"
-
-
-def masked(url: str) -> str:
-    """``url`` with its password replaced by ``***``."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        return re.sub(r"(//[^/@]*?:)[^/@]*@", r"\1***@", url)
 
 
 def open_storage(

@@ -241,17 +241,19 @@ class SpaceMap:
         function outside the space, the nearest one by output features, and False."""
         with self._lock:
             if expression not in self._locations:
-                space = self.space
-                if expression in space:
-                    location = (space.index(expression), True)
+                function = self.find(expression)
+                if function is not None:
+                    self._locations[expression] = (function, True)
                 else:
-                    equivalent = space.find_equivalent(expression)
-                    if equivalent is not None:
-                        location = (equivalent, True)
-                    else:
-                        location = (self._nearest(expression), False)
-                self._locations[expression] = location
+                    self._locations[expression] = (self._nearest(expression), False)
             return self._locations[expression]
+
+    def find(self, expression: str) -> int | None:
+        """The position in the space of the function ``expression`` computes (under any name),
+        or None for a function outside the space."""
+        if expression in self.space:
+            return self.space.index(expression)
+        return self.space.find_equivalent(expression)
 
     def _nearest(self, expression: str) -> int:
         from optuna_aquasurf.features import output_features

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -12,12 +14,14 @@ from optuna.samplers import BaseSampler, TPESampler
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from optuna_aquasurf import _acquisition
+from optuna_aquasurf import _acquisition, _transfer
 from optuna_aquasurf._activation import ActivationFunction
 from optuna_aquasurf._expression import canonical
 from optuna_aquasurf._feature_space import length_scale
 from optuna_aquasurf._map import SpaceMap, check_map_options
 from optuna_aquasurf._operators import PAPER_UNARY
+from optuna_aquasurf._prior import Source, check_source, read_source, source_label
+from optuna_aquasurf._scores import function_scores, trial_score
 from optuna_aquasurf._space import SearchSpace
 from optuna_aquasurf._store import MemoryStore, Store, store_for
 
@@ -64,6 +68,11 @@ class AquaSurfSampler(BaseSampler):
     the baselines, with ``n_design`` space-filling picks (each the function farthest from all
     tried ones).
 
+    With a ``prior`` (earlier studies, or Act-Bench-Digits tables that ship with the package),
+    the surrogate starts from what they learned: their scores, as quantiles, predict this
+    study's, with a weight that falls as its own scores grow and follows their rank agreement
+    with them (see :mod:`optuna_aquasurf._transfer`).
+
     Use it with :func:`suggest_activation`; the activation is recorded in each trial's user
     attribute ``"activation"`` (readable in ``trials_dataframe()`` and optuna-dashboard).
     Failed trials count as the worst score observed so far, pruned trials as their last
@@ -78,7 +87,14 @@ class AquaSurfSampler(BaseSampler):
         A :class:`~optuna_aquasurf.features.FisherProbe` for your model; without one the map
         uses output features alone.
     baselines
-        Expressions tried first, in order (skipped if the space has no equivalent).
+        Expressions tried first, in order (skipped if the space has no equivalent). With a
+        ``prior``, ``baselines=()`` starts from the prior's best functions instead.
+    prior
+        Earlier searches to start from: :class:`optuna.Study` objects (any storage, either
+        direction), ``"STUDY@STORAGE_URL"`` strings, or bundled tables
+        (``"act-bench-digits:cnn"``, ``vit``, ``resnet``, ``regression``). Their activations
+        (user attribute ``"activation"``) count where this space has the same function, under
+        any name; failed trials count as their worst. Read once per study and kept with it.
     surrogate
         ``"features"`` (the functions' reduced features, see :class:`SpaceMap`) or ``"map"``
         (their 2-D map).
@@ -134,6 +150,7 @@ class AquaSurfSampler(BaseSampler):
         probe: FisherProbe | None = None,
         *,
         baselines: Sequence[str] = DEFAULT_BASELINES,
+        prior: Sequence[Source] = (),
         surrogate: str = "features",
         acquisition: str = "ucb",
         n_design: int = 0,
@@ -157,11 +174,16 @@ class AquaSurfSampler(BaseSampler):
         if not exploration >= 0:
             raise ValueError(f"exploration must be >= 0, got {exploration}")
         check_map_options(probe, use_outputs, map_key, fisher_budget)
+        if isinstance(prior, str | optuna.Study):
+            prior = [prior]
+        for source in prior:
+            check_source(source)
         if space is not None and not isinstance(space, SearchSpace):
             space = SearchSpace.from_expressions(list(space))
         self._space = space
         self._probe = probe
         self._baselines = [canonical(b) for b in baselines]
+        self._prior = list(prior)
         self._surrogate = surrogate
         self._acquisition = acquisition
         self._n_design = n_design
@@ -177,6 +199,8 @@ class AquaSurfSampler(BaseSampler):
         self._fixed_params: dict[int, dict[str, Any]] = {}
         self._space_map: SpaceMap | None = None
         self._points_length_scale: tuple[np.ndarray | None, float] = (None, 1.0)
+        self._prior_observations: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        self._prior_surfaces: tuple[np.ndarray | None, str, list] = (None, "", [])
         # Nearest tried and nearest scored functions of every function, kept between suggestions.
         self._neighbours = {"tried": _acquisition.Neighbours(), "scored": _acquisition.Neighbours()}
 
@@ -298,10 +322,44 @@ class AquaSurfSampler(BaseSampler):
             if len(scores) == 0:
                 return None
             sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
-            predicted = _acquisition.predict(
-                self._regressor, points, functions, sign * scores, self._neighbours["scored"]
+            predicted, _ = self._predict_scores(
+                study, points, functions, sign * scores, name, uncertainty=False
             )
             return sign * predicted
+
+    def prior_observations(
+        self, study: optuna.Study, name: str = "activation"
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each ``prior`` source's scored functions in this space and their quantiles (near 0
+        its worst, near 1 its best).
+
+        Read once per study and kept in its store, so that its workers and resumed runs use the
+        same prior even if a source changes or goes.
+
+        Raises
+        ------
+        ValueError
+            For a source that cannot be read or holds no function of the space.
+        """
+        with self._lock:
+            key = self._prior_key(study, name)
+            if key not in self._prior_observations:
+                store = self._store(study)
+                observations = []
+                for source in self._prior:
+                    entry = hashlib.sha256(f"{key}\n{source_label(source)}".encode()).hexdigest()
+                    read = functools.partial(self._read_prior, source, name)
+                    functions, quantiles = store.compute_once("priors", entry, read)
+                    observations.append((functions, quantiles))
+                self._prior_observations[key] = observations
+            return self._prior_observations[key]
+
+    def _read_prior(self, source: Source, name: str) -> list[np.ndarray]:
+        return list(read_source(source, self.space_map.find, name))
+
+    def _prior_key(self, study: optuna.Study, name: str) -> str:
+        """What a study's prior depends on besides its sources: the study and the space."""
+        return f"{study.study_name}\n{study._study_id}\n{self.space.fingerprint}\n{name}"
 
     def _choose(self, study: optuna.Study, trial: optuna.Trial, name: str) -> str:
         with self._lock:
@@ -313,7 +371,7 @@ class AquaSurfSampler(BaseSampler):
             if not self._include_non_finite:
                 available &= space.finite
             for _ in range(2):
-                for function in self._ranking(study, trials, tried, available):
+                for function in self._ranking(study, trials, tried, available, name):
                     if self._claim(study, trial, function):
                         names = self._baseline_names()
                         return names.get(function, space[int(function)].expression)
@@ -333,7 +391,8 @@ class AquaSurfSampler(BaseSampler):
                 names.setdefault(function, baseline)
         return names
 
-    def _ranking(self, study, trials, tried, available) -> np.ndarray:
+    def _ranking(self, study, trials, tried, available, name) -> np.ndarray:
+        self.prior_observations(study, name)  # a source that cannot be read fails the first trial
         baselines = list(self._baseline_names())
         pending = [f for f in baselines if available[f]]
         candidates = np.flatnonzero(available)
@@ -342,29 +401,59 @@ class AquaSurfSampler(BaseSampler):
         points = self.surrogate_points(study)
         functions, scores = self._observations(study, trials)
         picks_after_baselines = len(set(tried.tolist()) - set(baselines))
-        if picks_after_baselines < self._n_design or len(scores) == 0:
+        if picks_after_baselines < self._n_design or (len(scores) == 0 and not self._prior):
             distance = _acquisition.distance_to_nearest(self._neighbours["tried"], points, tried)
             return _acquisition.farthest_first(distance, candidates, _CLAIM_ATTEMPTS)
         if study.direction == StudyDirection.MINIMIZE:
             scores = -scores
-        scored = self._neighbours["scored"]
-        exploration, bonus, predicted = self._exploration, None, None
-        if self._acquisition == "ucb":
-            k = _acquisition.neighbours_of(self._regressor)
-            length_scale = self._length_scale(points)
-            knn, bonus = _acquisition.predict_with_uncertainty(
-                scored, points, functions, scores, k, length_scale
-            )
-            if _acquisition.is_default_knn(self._regressor):
-                predicted = knn
+        acquisition = self._acquisition if len(scores) > 0 else "greedy"  # the prior alone
+        predicted, bonus = self._predict_scores(
+            study, points, functions, scores, name, uncertainty=acquisition == "ucb"
+        )
+        exploration = self._exploration
+        if acquisition == "ucb":
             exploration = self._pick_rng(len(tried)).exponential(self._exploration)
-        if predicted is None:
-            predicted = _acquisition.predict(self._regressor, points, functions, scores, scored)
-        if self._acquisition == "explore":
+        elif acquisition == "explore":
             bonus = _acquisition.distance_to_nearest(self._neighbours["tried"], points, tried)
         return _acquisition.rank(
-            self._acquisition, predicted, candidates, exploration, _CLAIM_ATTEMPTS, bonus
+            acquisition, predicted, candidates, exploration, _CLAIM_ATTEMPTS, bonus
         )
+
+    def _predict_scores(self, study, points, functions, scores, name, uncertainty: bool):
+        """The predicted score of every function from the observed ``scores`` (higher is better)
+        and the prior, and with ``uncertainty`` how unsure each prediction is (else None)."""
+        predicted, spread = None, None
+        if len(scores) > 0:
+            scored = self._neighbours["scored"]
+            if uncertainty:
+                k = _acquisition.neighbours_of(self._regressor)
+                length_scale = self._length_scale(points)
+                knn, spread = _acquisition.predict_with_uncertainty(
+                    scored, points, functions, scores, k, length_scale
+                )
+                if _acquisition.is_default_knn(self._regressor):
+                    predicted = knn
+            if predicted is None:
+                predicted = _acquisition.predict(self._regressor, points, functions, scores, scored)
+        if self._prior:
+            surfaces = self._prior_surfaces_of(study, points, name)
+            predicted, share = _transfer.with_prior(surfaces, functions, scores, predicted)
+            if spread is not None:
+                spread = (1 - share) * spread
+        return predicted, spread
+
+    def _prior_surfaces_of(self, study, points, name) -> list[_transfer.PriorSurface]:
+        """The prior's :class:`~optuna_aquasurf._transfer.PriorSurface` of each source, computed
+        once for the surrogate's ``points``."""
+        key = self._prior_key(study, name)
+        if self._prior_surfaces[0] is not points or self._prior_surfaces[1] != key:
+            length_scale = self._length_scale(points)
+            surfaces = [
+                _transfer.prior_surface(points, functions, quantiles, length_scale)
+                for functions, quantiles in self.prior_observations(study, name)
+            ]
+            self._prior_surfaces = (points, key, surfaces)
+        return self._prior_surfaces[2]
 
     def _length_scale(self, points: np.ndarray) -> float:
         """The :func:`length_scale` of ``points``, computed once."""
@@ -388,32 +477,11 @@ class AquaSurfSampler(BaseSampler):
         ]
 
     def _observations(self, study, trials) -> tuple[np.ndarray, np.ndarray]:
-        """Functions with a score (one per function, mean over trials) and those scores.
-
-        Completed trials give their value, pruned ones their last reported value; a function
-        whose trials all failed gets the worst value observed in the study (nothing while there
-        is none).
-        """
-        values: dict[int, list[float]] = {}
-        failed: list[int] = []
-        for t, (function, _) in trials:
-            value = _trial_score(t)
-            if value is not None:
-                values.setdefault(function, []).append(value)
-            elif t.state == TrialState.FAIL:
-                failed.append(function)
-        if values and failed:
-            observed = [v for vs in values.values() for v in vs]
-            worst = min(observed) if study.direction == StudyDirection.MAXIMIZE else max(observed)
-            for function in failed:
-                values.setdefault(function, [worst])  # a retry that completed overrides
-        functions = np.array(sorted(values), dtype=np.int64)
-        # Most functions have one trial, whose value is its mean: np.mean is slow for a few values.
-        scores = np.array(
-            [values[f][0] if len(values[f]) == 1 else np.mean(values[f]) for f in functions],
-            dtype=np.float64,
-        )
-        return functions, scores
+        """Functions with a score (one per function, mean over trials) and those scores:
+        completed trials give their value, pruned ones their last reported value, and a function
+        whose trials all failed the worst value observed in the study."""
+        results = [(f, trial_score(t), t.state == TrialState.FAIL) for t, (f, _) in trials]
+        return function_scores(results, study.direction == StudyDirection.MAXIMIZE)
 
     def locate(self, expression: str) -> tuple[int, bool]:
         """The position in the space of the function ``expression`` computes, and True; or, for a
@@ -436,14 +504,6 @@ class AquaSurfSampler(BaseSampler):
 
 
 _LOCAL_STORE = MemoryStore()
-
-
-def _trial_score(trial: FrozenTrial) -> float | None:
-    if trial.state == TrialState.COMPLETE and trial.value is not None:
-        return float(trial.value)
-    if trial.state == TrialState.PRUNED and trial.intermediate_values:
-        return float(trial.intermediate_values[max(trial.intermediate_values)])
-    return None
 
 
 def suggest_activation(

@@ -1,4 +1,4 @@
-"""Where the sampler keeps what it computes once: embeddings, Fisher features and claims.
+"""Where the sampler keeps what it computes once: embeddings, Fisher features, priors and claims.
 
 With an Optuna RDB storage (SQLite, PostgreSQL, MySQL) these live in the project's own tables of
 the same database, so other workers and resumed runs reuse them; with any other storage they live
@@ -6,6 +6,8 @@ in memory, one store per storage object.
 
 - Embeddings and Fisher features are keyed by what determines their content (fingerprints of the
   space and the probe, the seed), so two models never mix and an entry stays valid for any study.
+- Priors are the scores of earlier searches that a study starts from, read once per study
+  (keyed by the study and the source), so that its workers and resumed runs all use the same.
 - Claims say which function each trial of a study trains. A claim is one row whose primary key is
   (study, function): the database accepts only one, which is what makes the choice of the next
   function safe between workers. A claim whose trial failed, or belongs to a deleted study whose
@@ -25,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import socket
 import threading
 import time
@@ -62,6 +65,12 @@ _FISHER = sa.Table(
     _METADATA,
     sa.Column("key", sa.String(64), primary_key=True),
     sa.Column("chunk", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("data", _BLOB, nullable=False),
+)
+_PRIORS = sa.Table(
+    "aquasurf_priors",
+    _METADATA,
+    sa.Column("key", sa.String(64), primary_key=True),
     sa.Column("data", _BLOB, nullable=False),
 )
 _LEASES = sa.Table(
@@ -109,13 +118,24 @@ def lost_connection(error: BaseException) -> sa.exc.SQLAlchemyError | None:
     return None
 
 
+def masked(url: str) -> str:
+    """``url`` with its password replaced by ``***``."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return re.sub(r"(//[^/@]*?:)[^/@]*@", r"\1***@", url)
+
+
 def _new_holder() -> str:
     """A name for one lease, unique among workers and readable: host, process, random."""
     return f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:16]}"
 
 
 class Store(ABC):
-    """Persistent (or in-memory) home of embeddings, Fisher feature chunks and claims."""
+    """Persistent (or in-memory) home of embeddings, Fisher feature chunks, priors and claims."""
 
     def compute_once(
         self,
@@ -245,7 +265,7 @@ class MemoryStore(Store):
 class SQLStore(Store):
     """A store in the project's own tables of an Optuna RDB storage's database."""
 
-    _TABLES = {"embeddings": _EMBEDDINGS, "fisher": _FISHER}
+    _TABLES = {"embeddings": _EMBEDDINGS, "fisher": _FISHER, "priors": _PRIORS}
 
     def __init__(self, engine: sa.Engine):
         self._engine = engine

@@ -162,3 +162,10 @@ def test_noise_subset_and_its_table(tmp_path, space):
         load_act_bench_digits("cnn", seed=2, data_dir=tmp_path)
     table = load_act_bench_digits("cnn", seed=2, data_dir=tmp_path, allow_incomplete=True)
     assert table["index"].tolist() == meta["indices"][:2]
+
+
+@pytest.mark.parametrize("arch", ["cnn", "vit", "resnet", "regression"])
+def test_the_bundled_priors_are_the_tables(arch, tmp_path):
+    from benchmarks.act_bench_digits.export_priors import PRIOR_DIR, export
+
+    assert export(arch, tmp_path).read_bytes() == (PRIOR_DIR / f"{arch}.csv.gz").read_bytes()

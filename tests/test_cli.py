@@ -244,6 +244,25 @@ def test_export_runs_without_this_package(copy):
     assert torch.equal(torch.load(copy / "y.pt"), expected)
 
 
+def test_prior_from_another_study_and_a_bundled_table(copy):
+    """--prior: a new study reads an earlier one and a bundled table once, and keeps them."""
+    old = f"sqlite:///{copy / 'aquasurf.db'}"
+    priors = ["--prior", f"tiny@{old}", "--prior", "act-bench-digits:cnn"]
+    result = aquasurf("optimize", "tiny.py", "--n-trials", "8", "--study", "new", *priors, cwd=copy)
+    assert result.returncode == 0, result.stderr
+    assert f"Prior tiny@{old}: 3 functions of the space scored." in result.stderr
+    assert "Prior act-bench-digits:cnn: 8 functions of the space scored." in result.stderr
+    assert [t.state for t in trials(copy, "new")] == [TrialState.COMPLETE] * 8
+    missing = aquasurf("optimize", "tiny.py", "--study", "other", "--prior", f"vit@{old}", cwd=copy)
+    assert missing.returncode == 1
+    assert "--prior: prior vit@" in missing.stderr and "(its studies: tiny, new" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    unknown = invoke(
+        "optimize", str(copy / "tiny.py"), "--storage", old, "--prior", "act-bench-digits:mlp"
+    )
+    assert unknown.exit_code == 1 and "unknown prior table" in unknown.output
+
+
 def test_digits_example_short_search(tmp_path):
     """The digits example's model, data and Fisher batch, over 3 functions for 1 epoch."""
     (tmp_path / "digits_small.py").write_text(

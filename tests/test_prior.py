@@ -1,0 +1,156 @@
+"""Transfer: a study starts from earlier studies' scores or a bundled Act-Bench-Digits table."""
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState, create_trial
+
+from optuna_aquasurf import (
+    PAPER_UNARY,
+    ActivationFunction,
+    AquaSurfSampler,
+    SearchSpace,
+    _transfer,
+)
+from optuna_aquasurf._prior import read_source
+from optuna_aquasurf._scores import function_scores, quantiles
+from tests.test_sampler import UNARY, activations, closeness_to_gelu, run_study
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture(scope="module")
+def space():
+    return SearchSpace.from_schemas(["binary(unary(x),unary(x))"], unary=UNARY)
+
+
+def prior_study(results, direction="maximize", storage=None, name="old"):
+    """A study holding ``(expression, value)`` results; a value of None is a failed trial."""
+    study = optuna.create_study(direction=direction, storage=storage, study_name=name)
+    study.add_trials(
+        create_trial(
+            state=TrialState.COMPLETE if value is not None else TrialState.FAIL,
+            value=value,
+            user_attrs={"activation": expression},
+        )
+        for expression, value in results
+    )
+    return study
+
+
+def test_quantiles_put_any_direction_on_one_scale():
+    assert quantiles(np.array([3.0, 1.0, 2.0]), maximize=True).tolist() == pytest.approx(
+        [5 / 6, 1 / 6, 3 / 6]
+    )
+    assert quantiles(np.array([3.0, 1.0, 2.0]), maximize=False).tolist() == pytest.approx(
+        [1 / 6, 5 / 6, 3 / 6]
+    )
+    functions, scores = function_scores([(4, 1.0, False), (2, None, True), (4, 3.0, False)], True)
+    assert functions.tolist() == [2, 4] and scores.tolist() == [1.0, 2.0]  # failed: the worst
+
+
+def test_a_prior_study_is_located_by_equivalence_with_failures_worst(space):
+    study = prior_study(
+        [("max(x,zero(x))", 0.9), ("tanh(x)", 0.5), ("abs(x)", None), ("sinh(x)", 0.99)],
+        direction="maximize",
+    )
+    sampler = AquaSurfSampler(space)
+    functions, q = read_source(study, sampler.space_map.find)
+    relu, tanh, abs_ = (space.find_equivalent(e) for e in ("relu(x)", "tanh(x)", "abs(x)"))
+    assert dict(zip(functions.tolist(), q.tolist())) == pytest.approx(
+        {relu: 5 / 6, tanh: 3 / 6, abs_: 1 / 6}  # sinh is not in the space: left out
+    )
+    lower_is_better = prior_study([("relu(x)", 0.1), ("tanh(x)", 0.3)], direction="minimize")
+    functions, q = read_source(lower_is_better, sampler.space_map.find)
+    assert dict(zip(functions.tolist(), q.tolist())) == {relu: 0.75, tanh: 0.25}
+
+
+def test_bundled_tables_cover_the_paper_space_with_divergences_last():
+    sampler = AquaSurfSampler(SearchSpace.from_schemas(["binary(unary(x),unary(x))"], PAPER_UNARY))
+    functions, q = read_source("act-bench-digits:cnn", sampler.space_map.find)
+    assert functions.tolist() == list(range(2918))
+    best = sampler.space_map.find("max(relu(x),selu(x))")
+    diverged = sampler.space_map.find("exp(exp(x))") or sampler.space_map.find("pow(exp(x),exp(x))")
+    assert q[diverged] < 0.2 < 0.5 < q[best]
+
+
+def test_without_baselines_the_first_pick_is_the_priors_best(space):
+    study = prior_study([("tanh(x)", 0.2), ("swish(x)", 0.9), ("relu(x)", 0.5)])
+    found = run_study(space, None, n_trials=3, prior=[study], baselines=())
+    assert space.find_equivalent(activations(found)[0]) == space.find_equivalent("swish(x)")
+
+
+def gelu_results(space, sign=1.0):
+    """Every function of ``space`` scored by closeness to gelu (times ``sign``); None (a failed
+    trial) where that is not finite."""
+    from tests.test_sampler import X
+
+    results = []
+    for expression in space.expressions:
+        error = float(
+            ((ActivationFunction(expression)(X) - torch.nn.functional.gelu(X)) ** 2).mean()
+        )
+        results.append((expression, sign * -min(error, 1e6) if np.isfinite(error) else None))
+    return results
+
+
+def test_a_true_prior_finds_the_best_sooner_and_a_reversed_one_costs_nothing(space):
+    results = gelu_results(space)
+    best = max(v for _, v in results if v is not None)
+    without = run_study(space, None, n_trials=20)
+    assert max(t.value for t in without.trials) < best
+    true = run_study(space, None, n_trials=10, prior=[prior_study(results)])
+    assert activations(true)[:6] == activations(without)[:6]  # the baselines stay first
+    assert max(t.value for t in true.trials) == best
+    reversed_prior = prior_study(gelu_results(space, sign=-1.0))
+    reversed_run = run_study(space, None, n_trials=20, prior=[reversed_prior])
+    assert activations(reversed_run) == activations(without)  # agreement -1: no weight
+
+
+def test_the_priors_share_falls_as_own_observations_grow():
+    points = np.random.default_rng(0).normal(size=(50, 2))
+    surface = _transfer.prior_surface(points, np.arange(50), np.linspace(0, 1, 50), 1.0)
+    shares = []
+    for n in (1, 8, 40):
+        functions = np.arange(n)
+        _, share = _transfer.with_prior([surface], functions, functions * 1.0, np.zeros(50))
+        shares.append(share[0])
+    assert shares == pytest.approx([8 / 9, 8 / 16, 8 / 48])
+
+
+def test_the_prior_is_read_once_and_kept_with_the_study(space, tmp_path):
+    old = f"sqlite:///{tmp_path}/old.db"
+    run_study(space, old, n_trials=10)
+    new = f"sqlite:///{tmp_path}/new.db"
+    first = activations(run_study(space, new, n_trials=10, prior=[f"s@{old}"]))
+    (tmp_path / "old.db").unlink()  # the source goes: the study still has its prior
+    resumed = run_study(space, new, n_trials=2, prior=[f"s@{old}"])
+    assert activations(resumed)[:10] == first and len(resumed.trials) == 12
+    ((functions, q),) = resumed.sampler.prior_observations(resumed)
+    assert len(functions) == 10 and q.max() > 0.9
+
+
+@pytest.mark.parametrize(
+    "prior, message",
+    [
+        ("act-bench-digits:mlp", "unknown prior table 'act-bench-digits:mlp'"),
+        ("resnet", "neither 'STUDY@STORAGE_URL'"),
+        (3, "a prior is an optuna.Study"),
+    ],
+)
+def test_bad_priors_are_clear_errors(prior, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        AquaSurfSampler(prior=[prior])
+
+
+def test_a_missing_prior_study_names_the_studies_there(space, tmp_path):
+    storage = f"sqlite:///{tmp_path}/old.db"
+    prior_study([("relu(x)", 1.0)], storage=storage, name="resnet")
+    study = optuna.create_study(sampler=AquaSurfSampler(space, prior=[f"vit@{storage}"]))
+    with pytest.raises(ValueError, match="no study .vit. there \\(its studies: resnet\\)"):
+        study.sampler.prior_observations(study)
+    empty = prior_study([("sinh(x)", 1.0)], name="outside")
+    study = optuna.create_study(sampler=AquaSurfSampler(space, prior=[empty]))
+    with pytest.raises(ValueError, match="no scored activation of this search space"):
+        study.optimize(closeness_to_gelu, n_trials=1)
