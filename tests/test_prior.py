@@ -119,16 +119,24 @@ def test_the_priors_share_falls_as_own_observations_grow():
     assert shares == pytest.approx([8 / 9, 8 / 16, 8 / 48])
 
 
-def test_the_prior_is_read_once_and_kept_with_the_study(space, tmp_path):
+def check_prior_kept_with_the_study(space, tmp_path, new):
+    """A study on ``new`` reads its prior from a SQLite file once: it resumes without it."""
     old = f"sqlite:///{tmp_path}/old.db"
     run_study(space, old, n_trials=10)
-    new = f"sqlite:///{tmp_path}/new.db"
     first = activations(run_study(space, new, n_trials=10, prior=[f"s@{old}"]))
     (tmp_path / "old.db").unlink()  # the source goes: the study still has its prior
     resumed = run_study(space, new, n_trials=2, prior=[f"s@{old}"])
     assert activations(resumed)[:10] == first and len(resumed.trials) == 12
     ((functions, q),) = resumed.sampler.prior_observations(resumed)
     assert len(functions) == 10 and q.max() > 0.9
+
+
+def test_the_prior_is_read_once_and_kept_with_the_study(space, tmp_path):
+    check_prior_kept_with_the_study(space, tmp_path, f"sqlite:///{tmp_path}/new.db")
+
+
+def test_the_prior_is_kept_on_postgresql_and_mariadb(space, tmp_path, database_url):
+    check_prior_kept_with_the_study(space, tmp_path, database_url)
 
 
 @pytest.mark.parametrize(
