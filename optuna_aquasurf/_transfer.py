@@ -6,10 +6,10 @@ every function; the study's own scores turn that quantile into a score (the quan
 scores). The prediction the sampler ranks by is a weighted mean of its own surrogate's and the
 sources', where a source counts as :data:`PRIOR_OBSERVATIONS` observations of the study's own
 (fewer far from the functions it scored), times its agreement with the study: the rank
-correlation of their scores on the functions both scored, once there are
-:data:`AGREEMENT_AFTER` of them (none when they disagree). The prior's share thus falls as the
-study's own observations grow, and a source that ranks functions the other way counts for
-nothing.
+correlation of their scores on the functions both scored, lowered by its standard error, once
+there are :data:`AGREEMENT_AFTER` of them (none when they disagree). The prior's share thus
+falls as the study's own observations grow, and a source that ranks functions the other way
+counts for nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from optuna_aquasurf import _acquisition
 PRIOR_OBSERVATIONS = 8.0
 #: Functions scored by both the study and a source before their agreement sets its weight.
 AGREEMENT_AFTER = 5
+#: The largest rank correlation taken as it is (``atanh`` of 1 is infinite).
+AGREEMENT_CAP = 0.999
 
 
 @dataclass(frozen=True)
@@ -62,16 +64,24 @@ def prior_surface(
 
 
 def agreement(surface: PriorSurface, functions: np.ndarray, scores: np.ndarray) -> float:
-    """The weight of a source, from 0 to 1: the Spearman correlation of its quantiles with the
-    study's ``scores`` (higher is better) on the functions both scored, clipped at 0; 1 while
-    they share fewer than :data:`AGREEMENT_AFTER`."""
+    """The weight of a source, from 0 to 1: how surely its quantiles rank the functions both it
+    and the study scored as the study's ``scores`` (higher is better) do.
+
+    That is the lower end of the one-standard-error interval of their Spearman correlation
+    (``tanh(atanh(rho) - 1 / sqrt(n - 3))`` over ``n`` shared functions), clipped at 0: a
+    correlation measured on a few functions counts for less. 1 while they share fewer than
+    :data:`AGREEMENT_AFTER`.
+    """
     from scipy.stats import spearmanr
 
     shared, mine, theirs = np.intersect1d(functions, surface.functions, return_indices=True)
     if len(shared) < AGREEMENT_AFTER:
         return 1.0
     correlation = spearmanr(scores[mine], surface.quantiles[theirs]).statistic
-    return float(correlation) if correlation > 0 else 0.0  # NaN (constant scores): no weight
+    if not correlation > 0:  # NaN (constant scores) too
+        return 0.0
+    low = np.tanh(np.arctanh(min(correlation, AGREEMENT_CAP)) - 1 / np.sqrt(len(shared) - 3))
+    return float(max(low, 0.0))
 
 
 def with_prior(

@@ -116,7 +116,18 @@ def test_the_priors_share_falls_as_own_observations_grow():
         functions = np.arange(n)
         _, share = _transfer.with_prior([surface], functions, functions * 1.0, np.zeros(50))
         shares.append(share[0])
-    assert shares == pytest.approx([8 / 9, 8 / 16, 8 / 48])
+    assert shares == pytest.approx([8 / 9, 8 / 16, 8 / 48], rel=0.01)  # agreement about 1
+
+
+def test_agreement_needs_evidence_and_ignores_a_source_that_disagrees():
+    points = np.random.default_rng(0).normal(size=(60, 2))
+    quantiles = np.random.default_rng(1).random(60)
+    surface = _transfer.prior_surface(points, np.arange(60), quantiles, 1.0)
+    noisy = quantiles + np.random.default_rng(2).normal(scale=0.2, size=60)
+    few, many = (_transfer.agreement(surface, np.arange(n), noisy[:n]) for n in (8, 60))
+    assert 0 < few < many < 1
+    assert _transfer.agreement(surface, np.arange(4), -noisy[:4]) == 1.0  # too few to tell
+    assert _transfer.agreement(surface, np.arange(60), -noisy) == 0.0
 
 
 def check_prior_kept_with_the_study(space, tmp_path, new):
