@@ -63,14 +63,7 @@ def optimize_with_workers(path: Path, workers: int, settings: SearchSettings) ->
     devices = worker_devices(workers, settings.device)
     where = ", ".join(sorted({d + env.get("CUDA_VISIBLE_DEVICES", "") for d, env in devices}))
     if describe(study, user, settings, f"{workers} workers ({where})") < settings.n_trials:
-        options = dataclasses.asdict(settings)
-        del options["device"], options["storage_url"]  # per worker, and in the environment
-        options["study"] = study.study_name
-        del options["study_name"]
-        command = [sys.executable, "-m", "optuna_aquasurf", "optimize", str(path)]
-        for name, value in options.items():
-            if value is not None:
-                command += [f"--{name.replace('_', '-')}", str(value)]
+        command = worker_command(path, settings, study.study_name)
         with BackgroundMap(study, path, settings):
             processes = [
                 subprocess.Popen(
@@ -87,6 +80,21 @@ def optimize_with_workers(path: Path, workers: int, settings: SearchSettings) ->
         if failed:
             raise UserError(f"Workers {', '.join(failed)} stopped with an error: see above.")
     print_top(study, path)
+
+
+def worker_command(path: Path, settings: SearchSettings, study_name: str) -> list[str]:
+    """The command line of a worker: ``aquasurf optimize`` with the search's settings, but the
+    device and the storage (each worker's own, and in the environment)."""
+    options = dataclasses.asdict(settings)
+    del options["device"], options["storage_url"]
+    options["study"] = study_name
+    del options["study_name"]
+    command = [sys.executable, "-m", "optuna_aquasurf", "optimize", str(path)]
+    for name, value in options.items():
+        for item in value if isinstance(value, tuple) else [value]:  # --prior A --prior B
+            if item is not None:
+                command += [f"--{name.replace('_', '-')}", str(item)]
+    return command
 
 
 def _wait(processes: list[subprocess.Popen]) -> tuple[list[int], bool]:

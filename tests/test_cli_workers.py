@@ -264,3 +264,33 @@ def test_each_worker_gets_one_visible_gpu_in_turn_or_a_share_of_the_cores(monkey
         {"CUDA_VISIBLE_DEVICES": "1"},
     ]
     assert worker_devices(2, "cuda:1") == [("cuda:1", {})] * 2
+
+
+def test_a_worker_command_gives_the_worker_the_searchs_settings(monkeypatch):
+    import dataclasses
+
+    from typer.testing import CliRunner
+
+    from optuna_aquasurf.cli._app import app
+    from optuna_aquasurf.cli._workers import worker_command
+
+    settings = _optimize.SearchSettings(
+        n_trials=12,
+        timeout=None,
+        device="cpu",
+        storage_url="sqlite:///x.db",
+        study_name=None,
+        seed=3,
+        pruner="median",
+        heartbeat_interval=60,
+        grace_period=None,
+        max_retry=3,
+        prior=("old@sqlite:///old.db", "act-bench-digits:cnn"),
+    )
+    command = worker_command(Path("fast.py"), settings, "fast")
+    seen = {}
+    monkeypatch.setattr(_optimize, "optimize", lambda path, s, worker: seen.update(settings=s))
+    options = ["--device", "cpu", "--storage", "sqlite:///x.db"]
+    result = CliRunner().invoke(app, [*command[3:], *options])
+    assert result.exit_code == 0, result.output
+    assert seen["settings"] == dataclasses.replace(settings, study_name="fast")
