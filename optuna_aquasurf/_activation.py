@@ -53,6 +53,14 @@ class ActivationFunction(nn.Module):
             y = (y - self.shift) / self.scale
         return y
 
+    @property
+    def cost(self) -> float:
+        """Its forward and backward time over relu's on the CPU (float32), measured on first
+        use in the process (see :mod:`optuna_aquasurf._cost`)."""
+        from optuna_aquasurf._cost import measured_cost
+
+        return measured_cost(self.expression)
+
     def extra_repr(self) -> str:
         return repr(self.expression) + (", normalize=True" if self.normalize else "")
 
