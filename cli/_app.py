@@ -126,6 +126,14 @@ def optimize(
             "regression). Repeat for several. Read once, when the study starts.",
         ),
     ] = None,
+    max_cost: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="Only functions whose forward and backward pass costs at most this many relu "
+            "passes (on the CPU; measured once per space, kept with the study).",
+        ),
+    ] = None,
     worker: Annotated[str | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Search activation functions for the model in FILE, or resume that search.
@@ -148,6 +156,7 @@ def optimize(
         grace_period=grace_period,
         max_retry=max_retry,
         prior=tuple(prior or ()),
+        max_cost=max_cost,
     )
     if workers == 1:
         run(file, settings, worker)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,21 +53,27 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def build_sampler(user: UserFile, seed: int, device, prior: Sequence[str] = ()) -> AquaSurfSampler:
+def build_sampler(
+    user: UserFile, seed: int, device, settings: SearchSettings | None = None
+) -> AquaSurfSampler:
     """The sampler of the model file: its SPACE, a Fisher probe with ``fisher_batch()``, and
-    the ``prior`` of ``--prior``.
+    the ``--prior`` and ``--max-cost`` of ``settings``.
 
     Raises
     ------
     UserError
-        For a ``prior`` that names nothing readable.
+        For a ``--prior`` that names nothing readable or a ``--max-cost`` of zero.
     """
     try:
         return AquaSurfSampler(
-            space=user.search_space(), probe=user.probe(seed, device), seed=seed, prior=prior
+            space=user.search_space(),
+            probe=user.probe(seed, device),
+            seed=seed,
+            prior=settings.prior if settings else (),
+            max_cost=settings.max_cost if settings else None,
         )
     except ValueError as error:
-        raise UserError(f"--prior: {error}") from None
+        raise UserError(str(error)) from None
 
 
 def find_sites(user: UserFile) -> None:
@@ -106,6 +111,7 @@ class SearchSettings:
     grace_period: int | None
     max_retry: int
     prior: tuple[str, ...] = ()
+    max_cost: float | None = None
 
 
 def open_study(path: Path, settings: SearchSettings) -> tuple[UserFile, optuna.Study]:
@@ -130,7 +136,7 @@ def open_study(path: Path, settings: SearchSettings) -> tuple[UserFile, optuna.S
         storage=storage,
         study_name=settings.study_name or path.stem,
         direction=user.direction,
-        sampler=build_sampler(user, settings.seed, torch_device, settings.prior),
+        sampler=build_sampler(user, settings.seed, torch_device, settings),
         pruner=make_pruner(settings.pruner),
         load_if_exists=True,
     )
@@ -194,6 +200,19 @@ def describe(study: optuna.Study, user: UserFile, settings: SearchSettings, wher
     for source, (functions, _) in zip(settings.prior, study.sampler.prior_observations(study)):
         label = escape(source_label(source))
         err_console.print(f"Prior {label}: {len(functions):,} functions of the space scored.")
+    if settings.max_cost is not None:
+        with err_console.status("Measuring what each function costs (once per space)..."):
+            costs = study.sampler.costs(study)
+        affordable = int((costs <= settings.max_cost).sum())
+        skipped = ", ".join(
+            f"{escape(name)} ({cost:.1f})"
+            for name, cost in study.sampler.baselines_over_cost(study).items()
+        )
+        err_console.print(
+            f"--max-cost {settings.max_cost:g}: {affordable:,} of {len(costs):,} functions cost "
+            "at most that many relu passes"
+            + (f"; baselines above it, skipped: {skipped}." if skipped else ".")
+        )
     if done >= settings.n_trials:
         err_console.print(f"Nothing to do: raise --n-trials above {done} to continue.")
     return done

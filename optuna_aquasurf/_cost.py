@@ -10,13 +10,18 @@ of one forward and one backward pass of the activation alone on a tensor of
 from __future__ import annotations
 
 import functools
+import hashlib
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from optuna_aquasurf._expression import Expression, evaluate, parse
+
+if TYPE_CHECKING:
+    from optuna_aquasurf._store import Store
 
 #: Elements of the tensor a cost is measured on.
 COST_ELEMENTS = 2**16
@@ -84,6 +89,14 @@ def estimated_cost(expression: str | Expression) -> float:
         return 0.0
     own = OPERATOR_COSTS.get(node.op, UNKNOWN_OPERATOR_COST)
     return own + sum(estimated_cost(arg) for arg in node.args)
+
+
+def stored_costs(store: Store, expressions: Sequence[str], identity: str) -> np.ndarray:
+    """The measured costs of ``expressions`` on the CPU, measured once and kept in ``store``
+    under ``identity`` (what determines the expressions, e.g. a space's fingerprint), so that
+    every worker and resumed run of a study uses the same."""
+    key = hashlib.sha256(f"{identity}|cpu|float32|{COST_ELEMENTS}".encode()).hexdigest()
+    return store.compute_once("costs", key, lambda: [measure_costs(expressions)])[0]
 
 
 @functools.lru_cache(maxsize=4096)

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 #: Functions whose Fisher features are computed, stored and shared together.
 FISHER_CHUNK = 64
+#: Spaces up to this many functions have their costs measured; larger ones estimated.
+MEASURED_COSTS_UP_TO = 20_000
 #: Functions whose distance to an expression outside the space is measured exactly.
 NEAREST_CHECKED = 64
 
@@ -103,6 +105,7 @@ class SpaceMap:
         self._features: np.ndarray | None = None
         self._outputs: np.ndarray | None = None
         self._locations: dict[str, tuple[int, bool]] = {}
+        self._estimated_costs: np.ndarray | None = None
 
     @property
     def key(self) -> str:
@@ -247,6 +250,21 @@ class SpaceMap:
                 else:
                     self._locations[expression] = (self._nearest(expression), False)
             return self._locations[expression]
+
+    def costs(self, store: Store) -> np.ndarray:
+        """Every function's cost, that of its expression in :attr:`SearchSpace.expressions`
+        (see :mod:`optuna_aquasurf._cost`): measured on the CPU once per space and kept in
+        ``store`` (about 20 s for the paper space); estimated from its operators in a space of
+        more than :data:`MEASURED_COSTS_UP_TO` functions."""
+        from optuna_aquasurf._cost import estimated_cost, stored_costs
+
+        expressions = self.space.expressions
+        if len(expressions) <= MEASURED_COSTS_UP_TO:
+            return stored_costs(store, expressions, self.space.fingerprint)
+        with self._lock:
+            if self._estimated_costs is None:
+                self._estimated_costs = np.array([estimated_cost(e) for e in expressions])
+            return self._estimated_costs
 
     def find(self, expression: str) -> int | None:
         """The position in the space of the function ``expression`` computes (under any name),

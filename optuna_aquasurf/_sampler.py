@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import threading
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +90,11 @@ class AquaSurfSampler(BaseSampler):
     baselines
         Expressions tried first, in order (skipped if the space has no equivalent). With a
         ``prior``, ``baselines=()`` starts from the prior's best functions instead.
+    max_cost
+        Never suggest a function whose cost is above this: the forward and backward time of
+        the expression suggested, over relu's, on the CPU (see :meth:`SpaceMap.costs`;
+        measured once per space, about 20 s for the paper space, and kept with the study).
+        Baselines above it are skipped with a warning.
     prior
         Earlier searches to start from: :class:`optuna.Study` objects (any storage, either
         direction), ``"STUDY@STORAGE_URL"`` strings, or bundled tables
@@ -151,6 +157,7 @@ class AquaSurfSampler(BaseSampler):
         *,
         baselines: Sequence[str] = DEFAULT_BASELINES,
         prior: Sequence[Source] = (),
+        max_cost: float | None = None,
         surrogate: str = "features",
         acquisition: str = "ucb",
         n_design: int = 0,
@@ -174,6 +181,8 @@ class AquaSurfSampler(BaseSampler):
         if not exploration >= 0:
             raise ValueError(f"exploration must be >= 0, got {exploration}")
         check_map_options(probe, use_outputs, map_key, fisher_budget)
+        if max_cost is not None and not max_cost > 0:
+            raise ValueError(f"max_cost must be a positive number, got {max_cost}")
         if isinstance(prior, str | optuna.Study):
             prior = [prior]
         for source in prior:
@@ -184,6 +193,9 @@ class AquaSurfSampler(BaseSampler):
         self._probe = probe
         self._baselines = [canonical(b) for b in baselines]
         self._prior = list(prior)
+        self._max_cost = max_cost
+        self._warned_baselines: set[str] = set()
+        self._costs: dict[str, np.ndarray] = {}
         self._surrogate = surrogate
         self._acquisition = acquisition
         self._n_design = n_design
@@ -291,7 +303,12 @@ class AquaSurfSampler(BaseSampler):
         next picks, which need no map."""
         with self._lock:
             tried = {f for _, (f, exact) in self._trials(study, name, exclude=None) if exact}
-            return [b for f, b in self._baseline_names().items() if f not in tried]
+            too_costly = self.baselines_over_cost(study)
+            return [
+                b
+                for f, b in self._baseline_names().items()
+                if f not in tried and b not in too_costly
+            ]
 
     def fisher_features(self, study: optuna.Study | None = None) -> np.ndarray:
         """Fisher features of the functions within the budget (every function of a space of at
@@ -370,6 +387,8 @@ class AquaSurfSampler(BaseSampler):
             available[tried] = False
             if not self._include_non_finite:
                 available &= space.finite
+            if self._max_cost is not None:
+                available &= self._affordable(study)
             for _ in range(2):
                 for function in self._ranking(study, trials, tried, available, name):
                     if self._claim(study, trial, function):
@@ -381,6 +400,48 @@ class AquaSurfSampler(BaseSampler):
                 f"every function of the search space ({len(space)}) has been tried or is "
                 "being tried: stop the study or give a larger space"
             )
+
+    def costs(self, study: optuna.Study) -> np.ndarray:
+        """The cost of every function as this sampler suggests it (:meth:`SpaceMap.costs`, and
+        for a baseline, that of its own spelling), measured once and kept with ``study``."""
+        from optuna_aquasurf._cost import stored_costs
+
+        with self._lock:
+            key = self._prior_key(study, "")
+            if key not in self._costs:
+                store = self._store(study)
+                costs = self.space_map.costs(store).copy()
+                baselines = self._baseline_names()
+                names = list(baselines.values())
+                if names:
+                    identity = "baselines|" + "|".join(names)
+                    costs[list(baselines)] = stored_costs(store, names, identity)
+                self._costs[key] = costs
+            return self._costs[key]
+
+    def baselines_over_cost(self, study: optuna.Study) -> dict[str, float]:
+        """The baselines that ``max_cost`` leaves out, and their costs."""
+        if self._max_cost is None:
+            return {}
+        costs = self.costs(study)
+        return {
+            name: float(costs[function])
+            for function, name in self._baseline_names().items()
+            if costs[function] > self._max_cost
+        }
+
+    def _affordable(self, study: optuna.Study) -> np.ndarray:
+        """Which functions cost at most ``max_cost``; warns once of each baseline that does
+        not."""
+        for name, cost in self.baselines_over_cost(study).items():
+            if name not in self._warned_baselines:
+                self._warned_baselines.add(name)
+                warnings.warn(
+                    f"baseline {name} costs {cost:.1f} relu passes, above "
+                    f"max_cost={self._max_cost}: skipped",
+                    stacklevel=3,
+                )
+        return self.costs(study) <= self._max_cost
 
     def _baseline_names(self) -> dict[int, str]:
         """The baselines found in the space, by function, in order (spelled as given)."""

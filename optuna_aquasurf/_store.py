@@ -1,4 +1,5 @@
-"""Where the sampler keeps what it computes once: embeddings, Fisher features, priors and claims.
+"""Where the sampler keeps what it computes once: embeddings, Fisher features, priors, costs and
+claims.
 
 With an Optuna RDB storage (SQLite, PostgreSQL, MySQL) these live in the project's own tables of
 the same database, so other workers and resumed runs reuse them; with any other storage they live
@@ -8,6 +9,7 @@ in memory, one store per storage object.
   space and the probe, the seed), so two models never mix and an entry stays valid for any study.
 - Priors are the scores of earlier searches that a study starts from, read once per study
   (keyed by the study and the source), so that its workers and resumed runs all use the same.
+- Costs are functions' forward and backward time over relu's, keyed by what was timed.
 - Claims say which function each trial of a study trains. A claim is one row whose primary key is
   (study, function): the database accepts only one, which is what makes the choice of the next
   function safe between workers. A claim whose trial failed, or belongs to a deleted study whose
@@ -69,6 +71,12 @@ _FISHER = sa.Table(
 )
 _PRIORS = sa.Table(
     "aquasurf_priors",
+    _METADATA,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("data", _BLOB, nullable=False),
+)
+_COSTS = sa.Table(
+    "aquasurf_costs",
     _METADATA,
     sa.Column("key", sa.String(64), primary_key=True),
     sa.Column("data", _BLOB, nullable=False),
@@ -265,7 +273,12 @@ class MemoryStore(Store):
 class SQLStore(Store):
     """A store in the project's own tables of an Optuna RDB storage's database."""
 
-    _TABLES = {"embeddings": _EMBEDDINGS, "fisher": _FISHER, "priors": _PRIORS}
+    _TABLES = {
+        "embeddings": _EMBEDDINGS,
+        "fisher": _FISHER,
+        "priors": _PRIORS,
+        "costs": _COSTS,
+    }
 
     def __init__(self, engine: sa.Engine):
         self._engine = engine
