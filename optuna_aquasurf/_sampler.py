@@ -359,7 +359,7 @@ class AquaSurfSampler(BaseSampler):
             For a source that cannot be read or holds no function of the space.
         """
         with self._lock:
-            key = self._prior_key(study, name)
+            key = self._study_key(study, name)
             if key not in self._prior_observations:
                 store = self._store(study)
                 observations = []
@@ -374,8 +374,9 @@ class AquaSurfSampler(BaseSampler):
     def _read_prior(self, source: Source, name: str) -> list[np.ndarray]:
         return list(read_source(source, self.space_map.find, name))
 
-    def _prior_key(self, study: optuna.Study, name: str) -> str:
-        """What a study's prior depends on besides its sources: the study and the space."""
+    def _study_key(self, study: optuna.Study, name: str) -> str:
+        """What a study's prior and costs depend on (besides the sources): the study and the
+        space."""
         return f"{study.study_name}\n{study._study_id}\n{self.space.fingerprint}\n{name}"
 
     def _choose(self, study: optuna.Study, trial: optuna.Trial, name: str) -> str:
@@ -407,7 +408,7 @@ class AquaSurfSampler(BaseSampler):
         from optuna_aquasurf._cost import stored_costs
 
         with self._lock:
-            key = self._prior_key(study, "")
+            key = self._study_key(study, name="")
             if key not in self._costs:
                 store = self._store(study)
                 costs = self.space_map.costs(store).copy()
@@ -506,7 +507,7 @@ class AquaSurfSampler(BaseSampler):
     def _prior_surfaces_of(self, study, points, name) -> list[_transfer.PriorSurface]:
         """The prior's :class:`~optuna_aquasurf._transfer.PriorSurface` of each source, computed
         once for the surrogate's ``points``."""
-        key = self._prior_key(study, name)
+        key = self._study_key(study, name)
         if self._prior_surfaces[0] is not points or self._prior_surfaces[1] != key:
             length_scale = self._length_scale(points)
             surfaces = [
