@@ -264,14 +264,15 @@ def test_prior_from_another_study_and_a_bundled_table(copy):
 
 
 def test_max_cost_leaves_out_the_functions_above_it(copy):
-    """--max-cost 2: softsign (about 4 relu passes) and elu's own expression (about 2.2, with
-    the sum of its branches) are never trained; relu, tanh, sigmoid, swish and abs are."""
+    """--max-cost 2: the baseline softsign (about 4 relu passes) is skipped and never trained;
+    relu and tanh (about 1) are."""
     cheap = ["--study", "cheap", "--max-cost", "2", "--n-trials", "5"]
     result = aquasurf("optimize", "tiny.py", *cheap, cwd=copy)
     assert result.returncode == 0, result.stderr
     assert "--max-cost 2: " in result.stderr and "skipped: " in result.stderr
     assert "softsign(x) (" in result.stderr
-    trained = {t.user_attrs["activation"] for t in trials(copy, "cheap")}
+    # How many functions are affordable depends on the machine's timings: the space may run out.
+    trained = {t.user_attrs.get("activation") for t in trials(copy, "cheap")}
     assert "softsign(x)" not in trained and {"relu(x)", "tanh(x)"} <= trained
 
 
