@@ -56,29 +56,24 @@ CONNECTION_RETRIES = (0.5, 1.0, 2.0, 4.0, 8.0)
 _METADATA = sa.MetaData()
 _BLOB = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 
-_EMBEDDINGS = sa.Table(
-    "aquasurf_embeddings",
-    _METADATA,
-    sa.Column("key", sa.String(64), primary_key=True),
-    sa.Column("data", _BLOB, nullable=False),
-)
+
+def _keyed_table(kind: str) -> sa.Table:
+    """The table ``aquasurf_<kind>``: arrays saved under a key, one row each."""
+    return sa.Table(
+        f"aquasurf_{kind}",
+        _METADATA,
+        sa.Column("key", sa.String(64), primary_key=True),
+        sa.Column("data", _BLOB, nullable=False),
+    )
+
+
+#: The tables of entries saved whole under a key, by the name the store's methods take.
+_KEYED = {kind: _keyed_table(kind) for kind in ("embeddings", "priors", "costs")}
 _FISHER = sa.Table(
     "aquasurf_fisher_chunks",
     _METADATA,
     sa.Column("key", sa.String(64), primary_key=True),
     sa.Column("chunk", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("data", _BLOB, nullable=False),
-)
-_PRIORS = sa.Table(
-    "aquasurf_priors",
-    _METADATA,
-    sa.Column("key", sa.String(64), primary_key=True),
-    sa.Column("data", _BLOB, nullable=False),
-)
-_COSTS = sa.Table(
-    "aquasurf_costs",
-    _METADATA,
-    sa.Column("key", sa.String(64), primary_key=True),
     sa.Column("data", _BLOB, nullable=False),
 )
 _LEASES = sa.Table(
@@ -143,7 +138,8 @@ def _new_holder() -> str:
 
 
 class Store(ABC):
-    """Persistent (or in-memory) home of embeddings, Fisher feature chunks, priors and claims."""
+    """Persistent (or in-memory) home of embeddings, Fisher feature chunks, priors, costs and
+    claims."""
 
     def compute_once(
         self,
@@ -273,12 +269,7 @@ class MemoryStore(Store):
 class SQLStore(Store):
     """A store in the project's own tables of an Optuna RDB storage's database."""
 
-    _TABLES = {
-        "embeddings": _EMBEDDINGS,
-        "fisher": _FISHER,
-        "priors": _PRIORS,
-        "costs": _COSTS,
-    }
+    _TABLES = {**_KEYED, "fisher": _FISHER}
 
     def __init__(self, engine: sa.Engine):
         self._engine = engine
