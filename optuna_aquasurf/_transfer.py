@@ -55,11 +55,10 @@ def prior_surface(
     """The :class:`PriorSurface` of a source that scored ``functions`` of the space whose
     surrogate coordinates are ``points``."""
     neighbours = _acquisition.Neighbours()
-    predicted = _acquisition.predict(
-        _acquisition.default_regressor(), points, functions, quantiles, neighbours
-    )
-    distance = _acquisition.distance_to_nearest(neighbours, points, functions)
-    closeness = np.exp(-np.square(distance / length_scale))
+    regressor = _acquisition.default_regressor()
+    predicted = _acquisition.predict(regressor, points, functions, quantiles, neighbours)
+    squared, _ = neighbours.nearest(points, functions, regressor.n_neighbors)  # predict's table
+    closeness = np.exp(-np.square(np.sqrt(squared[:, 0]) / length_scale))
     return PriorSurface(functions, quantiles, predicted, closeness)
 
 
