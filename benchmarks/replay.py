@@ -127,13 +127,25 @@ def _probe_model(arch: str, activation):
     return build_model(arch, activation.expression, seed=1)
 
 
+@functools.lru_cache(maxsize=1)
+def _paper_space() -> SearchSpace:
+    """The 2,918 functions that every Act-Bench-Digits table scores."""
+    return SearchSpace.from_schemas(["binary(unary(x),unary(x))"], unary=PAPER_UNARY)
+
+
+def _table_scores(arch: str) -> np.ndarray:
+    """The main score of every function of the paper space in the table of ``arch``."""
+    table = load_act_bench_digits(arch)
+    return np.array([table.value(e) for e in _paper_space().expressions])
+
+
 class Context:
     """The space, the table and the Fisher probe of one architecture."""
 
     def __init__(self, arch: str):
         self.arch = arch
         self.table = load_act_bench_digits(arch)
-        self.space = SearchSpace.from_schemas(["binary(unary(x),unary(x))"], unary=PAPER_UNARY)
+        self.space = _paper_space()
         train = task_of(arch).splits()["train"]
         self.probe = FisherProbe(
             functools.partial(_probe_model, arch),
@@ -141,7 +153,7 @@ class Context:
             train.y[:FISHER_BATCH],
             progress=False,
         )
-        self.scores = np.array([self.table.value(e) for e in self.space.expressions])
+        self.scores = _table_scores(arch)
 
     def run(self, sampler_name: str, seed: int, n_trials: int) -> list[float]:
         """The score of each trial of one search."""
@@ -215,8 +227,7 @@ def _finished_runs(arch: str, n_trials: int) -> list[dict]:
 
 def summarise(arch: str, samplers: list[str], n_trials: int) -> None:
     table = load_act_bench_digits(arch)
-    space = SearchSpace.from_schemas(["binary(unary(x),unary(x))"], unary=PAPER_UNARY)
-    scores = np.array([table.value(e) for e in space.expressions])
+    scores = _table_scores(arch)
     best = scores.max()
     top1, top5 = np.quantile(scores, 0.99), np.quantile(scores, 0.95)
     unit = noise_unit(arch)
@@ -259,11 +270,7 @@ def transfer_summary(targets: list[str], sources: list[str], n_trials: int) -> N
     seeds), against the targets of issue #16."""
     from scipy.stats import spearmanr
 
-    space = SearchSpace.from_schemas(["binary(unary(x),unary(x))"], unary=PAPER_UNARY)
-    scores = {
-        a: np.array([load_act_bench_digits(a).value(e) for e in space.expressions])
-        for a in {*targets, *sources}
-    }
+    scores = {a: _table_scores(a) for a in {*targets, *sources}}
     checkpoints = [c for c in (10, 25, 50, 100) if c <= n_trials]
     print(
         f"\nTransfer between Act-Bench-Digits tables: medians over seeds of the regret after "
@@ -275,7 +282,7 @@ def transfer_summary(targets: list[str], sources: list[str], n_trials: int) -> N
         + " ".join(f"{'@' + str(c):>7}" for c in checkpoints)
         + f" {'top1%':>6}  checks"
     )
-    finite = space.finite
+    finite = _paper_space().finite
     for target in targets:
         best, top1 = scores[target].max(), np.quantile(scores[target], 0.99)
         unit = noise_unit(target)
@@ -446,7 +453,7 @@ def noise_ceiling(arch: str) -> tuple[float, int]:
     over their common functions finite at the probe points, and how many they are."""
     from scipy.stats import spearmanr
 
-    space = SearchSpace.from_schemas(["binary(unary(x),unary(x))"], unary=PAPER_UNARY)
+    space = _paper_space()
     _, pairs = _seed_pairs(arch, keep=lambda e: space[space.index(e)].finite)
     agreement = spearmanr(pairs[:, 0], pairs[:, 1]).statistic
     return float(np.sqrt(max(agreement, 0.0))), len(pairs)
