@@ -226,8 +226,10 @@ class Store(ABC):
 class MemoryStore(Store):
     """A store for in-memory and journal storages: thread-safe, gone with the process.
 
-    Embeddings and features are keyed by their content, so all memory stores of a process share
-    them; claims belong to one storage (study ids repeat between storages).
+    Embeddings, features and costs are keyed by their content, so all memory stores of a process
+    share them; so are priors, keyed by the study's name and id and the source, so two in-memory
+    studies of the same name and id in one process read a source once. Claims belong to one
+    storage (study ids repeat between storages).
     """
 
     _entries: dict[tuple[str, str, int], list[np.ndarray]] = {}
