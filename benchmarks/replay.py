@@ -4,6 +4,7 @@
     python -m benchmarks.replay --arch cnn --surrogate      # surrogate quality (5-fold Spearman)
     python -m benchmarks.replay --arch cnn --samplers aquasurf,random --seeds 5
     python -m benchmarks.replay --arch all --prior all --trials 100   # transfer between tables
+    python -m benchmarks.replay --arch all --front --trials 50        # fronts of score and cost
 
 Results are appended to ``benchmarks/results/replay_<arch>.jsonl`` (one line per sampler and
 seed; a rerun skips what is there), then summarised: median evaluations to reach the best
@@ -20,6 +21,15 @@ starting from each other table of SOURCES (``prior-<source>``), from a copy of i
 are shuffled between functions (``shuffled-<source>``) and from one that counts them the other
 way (``reversed-<source>``); the summary sets them beside the default without a prior, pair by
 pair, with the two tables' Spearman correlation.
+
+With ``--front``, studies of two objectives, the table's score and the function's cost (its
+forward and backward time over relu's on one CPU thread, measured once into
+``benchmarks/results/costs_paper.json``), are searched by the default sampler and by Random,
+TPE and NSGA-II (which know the cost only from the trials), each function under the name the
+default sampler gives it (a baseline's own spelling); the summary gives the hypervolume of each
+front found (:func:`optuna_aquasurf._front.hypervolume`: costs on a log scale, above the
+reference of the table's median score and twice the highest cost) as a share of the table's
+whole front.
 """
 
 from __future__ import annotations
@@ -41,7 +51,11 @@ from benchmarks.act_bench_digits._train import build_model, task_of
 from benchmarks.act_bench_digits.build import GOOD_SCORE
 from benchmarks.evolution import RegularizedEvolutionSampler
 from optuna_aquasurf import AquaSurfSampler, SearchSpace, suggest_activation
+from optuna_aquasurf._cost import measure_costs, stored_costs
+from optuna_aquasurf._front import hypervolume, on_front
 from optuna_aquasurf._operators import PAPER_UNARY
+from optuna_aquasurf._sampler import DEFAULT_BASELINES
+from optuna_aquasurf._store import store_for
 from optuna_aquasurf.features import FisherProbe
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -123,6 +137,17 @@ SAMPLERS = {
 }
 
 
+#: Searches of score and cost (``--front``).
+FRONT_SAMPLERS = {
+    "front-aquasurf": _aquasurf(),
+    "front-random": lambda c, s: optuna.samplers.RandomSampler(seed=s),
+    "front-tpe": lambda c, s: optuna.samplers.TPESampler(seed=s),
+    "front-nsga2": lambda c, s: optuna.samplers.NSGAIISampler(seed=s),
+    # Its first generation of 50 is random: with 10, it evolves 4 generations in 50 trials.
+    "front-nsga2-10": lambda c, s: optuna.samplers.NSGAIISampler(population_size=10, seed=s),
+}
+
+
 def _probe_model(arch: str, activation):
     return build_model(arch, activation.expression, seed=1)
 
@@ -131,6 +156,29 @@ def _probe_model(arch: str, activation):
 def _paper_space() -> SearchSpace:
     """The 2,918 functions that every Act-Bench-Digits table scores."""
     return SearchSpace.from_schemas(["binary(unary(x),unary(x))"], unary=PAPER_UNARY)
+
+
+@functools.lru_cache(maxsize=1)
+def _front_names() -> list[str]:
+    """Each function of the paper space under the name the default sampler gives it: a
+    baseline's own spelling, else the space's expression."""
+    space = _paper_space()
+    names = list(space.expressions)
+    for baseline in DEFAULT_BASELINES:
+        names[space.find_equivalent(baseline)] = baseline
+    return names
+
+
+@functools.lru_cache(maxsize=1)
+def _costs() -> dict[str, float]:
+    """The cost of each name of :func:`_front_names` and of the space's expressions, measured
+    once into ``results/costs_paper.json``."""
+    path = RESULTS / "costs_paper.json"
+    if not path.exists():
+        names = sorted(set(_front_names()) | set(_paper_space().expressions))
+        costs = measure_costs(names)
+        path.write_text(json.dumps(dict(zip(names, np.round(costs, 4).tolist())), indent=0))
+    return json.loads(path.read_text())
 
 
 def _table_scores(arch: str) -> np.ndarray:
@@ -155,8 +203,10 @@ class Context:
         )
         self.scores = _table_scores(arch)
 
-    def run(self, sampler_name: str, seed: int, n_trials: int) -> list[float]:
-        """The score of each trial of one search."""
+    def run(self, sampler_name: str, seed: int, n_trials: int) -> list:
+        """The score of each trial of one search (score and cost in a search of the front)."""
+        if sampler_name in FRONT_SAMPLERS:
+            return self.run_front(sampler_name, seed, n_trials)
         sampler = SAMPLERS[sampler_name](self, seed)
         study = optuna.create_study(direction="maximize", sampler=sampler)
         if isinstance(sampler, AquaSurfSampler):
@@ -171,6 +221,31 @@ class Context:
 
         study.optimize(objective, n_trials=n_trials)
         return [t.value for t in study.trials]
+
+    def run_front(self, sampler_name: str, seed: int, n_trials: int) -> list[list[float]]:
+        """The score and cost of each trial of one search of the front; the default sampler
+        knows the costs of :func:`_costs` for every function."""
+        sampler = FRONT_SAMPLERS[sampler_name](self, seed)
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+        costs = _costs()
+        if isinstance(sampler, AquaSurfSampler):
+            store = store_for(study._storage)
+            for names in (self.space.expressions, list(DEFAULT_BASELINES)):
+                stored_costs(store, names, measure=lambda e: np.array([costs[n] for n in e]))
+
+            def choose(trial):
+                return suggest_activation(trial).expression
+        else:
+
+            def choose(trial):
+                return trial.suggest_categorical("activation", _front_names())
+
+        def objective(trial):
+            expression = choose(trial)
+            return self.table.value(expression), costs[expression]
+
+        study.optimize(objective, n_trials=n_trials)
+        return [t.values for t in study.trials]
 
 
 _CONTEXT: Context | None = None
@@ -198,9 +273,11 @@ def run_searches(arch: str, samplers: list[str], seeds: int, n_trials: int, work
         for result in pool.imap_unordered(_star_job, jobs):
             with path.open("a") as f:
                 f.write(json.dumps(result) + "\n")
+            values = result["values"]
+            best = np.array(values).reshape(len(values), -1)[:, 0].max()
             print(
-                f"{result['sampler']:>16} seed {result['seed']:>2}: best "
-                f"{max(result['values']):.4f} in {result['seconds']} s",
+                f"{result['sampler']:>16} seed {result['seed']:>2}: best {best:.4f} in "
+                f"{result['seconds']} s",
                 flush=True,
             )
     return path
@@ -311,6 +388,54 @@ def transfer_summary(targets: list[str], sources: list[str], n_trials: int) -> N
                     + " ".join(f"{r:7.4f}" for r in regret)
                     + f" {reach:>6}  {_transfer_checks(label, rows, rho, unit, checkpoints)}"
                 )
+
+
+def front_summary(targets: list[str], n_trials: int) -> None:
+    """Per table: the hypervolume of the front of score and cost found after 10, 25 and 50
+    trials by each sampler of :data:`FRONT_SAMPLERS`, as a share of the table's whole front
+    (medians and quartiles over seeds), against the targets of issue #17."""
+    checkpoints = [c for c in CHECKPOINTS if c <= n_trials]
+    costs = np.array([_costs()[name] for name in _front_names()])
+    for arch in targets:
+        scores = _table_scores(arch)
+        reference = (float(np.median(scores)), 2 * float(costs.max()))
+        whole = hypervolume(scores, costs, reference)
+        print(
+            f"\n{arch}: front of score and cost, {on_front(scores, costs).sum()} of "
+            f"{len(scores)} functions; share of its hypervolume found (median [quartiles])"
+        )
+        print(
+            f"{'sampler':>16} {'seeds':>5}" + "".join(f" {'@' + str(c):>20}" for c in checkpoints)
+        )
+        medians = {}
+        finished = _finished_runs(arch, n_trials)
+        for name in FRONT_SAMPLERS:
+            runs = [np.array(r["values"]) for r in finished if r["sampler"] == name]
+            if not runs:
+                continue
+            shares = np.array(
+                [
+                    [hypervolume(v[:c, 0], v[:c, 1], reference) / whole for c in checkpoints]
+                    for v in runs
+                ]
+            )
+            low, medians[name], high = np.quantile(shares, [0.25, 0.5, 0.75], axis=0)
+            print(
+                f"{name:>16} {len(runs):>5}"
+                + "".join(
+                    f" {m:>8.3f} [{a:.3f}-{b:.3f}]" for m, a, b in zip(medians[name], low, high)
+                )
+            )
+        mine = medians.get("front-aquasurf")
+        others = [m for n, m in medians.items() if n != "front-aquasurf"]
+        if mine is not None and others and 50 in checkpoints:
+            at = checkpoints.index(50)
+            best_other = max(m[at] for m in others)
+            print(
+                f"  @50: {mine[at]:.3f} against the others' best {best_other:.3f} "
+                f"({'met' if mine[at] >= best_other else 'MISSED'}), and 90% of the whole front "
+                f"({'met' if mine[at] >= 0.9 else 'MISSED'})"
+            )
 
 
 def _transfer_checks(label, rows, rho, unit, checkpoints) -> str:
@@ -489,6 +614,7 @@ def main() -> None:
     parser.add_argument(
         "--prior", help="transfer: tables to start from (comma-separated, or all), see above"
     )
+    parser.add_argument("--front", action="store_true", help="fronts of score and cost")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.surrogate:
@@ -503,6 +629,13 @@ def main() -> None:
                 mine = [f"{k}-{s}" for s in sources if s != target for k in kinds]
                 run_searches(target, mine, args.seeds, args.trials, args.workers)
         transfer_summary(targets, sources, args.trials)
+        return
+    if args.front:
+        targets = list(ARCHITECTURES) if args.arch == "all" else args.arch.split(",")
+        if not args.summary:
+            for target in targets:
+                run_searches(target, list(FRONT_SAMPLERS), args.seeds, args.trials, args.workers)
+        front_summary(targets, args.trials)
         return
     samplers = args.samplers.split(",")
     unknown = [s for s in samplers if s not in SAMPLERS]

@@ -80,6 +80,9 @@ class Objective:
         map of the space).
     on_start
         Called with the trial number and its expression once the activation is chosen.
+    with_cost
+        Return the activation's cost (:attr:`ActivationFunction.cost`) as a second value, for
+        a study of score and cost.
 
     Attributes
     ----------
@@ -98,12 +101,14 @@ class Objective:
         seed: int,
         on_choose: Callable[[int], None],
         on_start: Callable[[int, str], None],
+        with_cost: bool = False,
     ):
         self.user = user
         self.device = device
         self.seed = seed
         self.on_choose = on_choose
         self.on_start = on_start
+        self.with_cost = with_cost
         self.running = False
         self.interrupted = False
         self.interrupted_trial: int | None = None
@@ -111,7 +116,7 @@ class Objective:
         self._shown: set[str] = set()
         self._started = 0.0  # when the running trial started, or got its activation
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         self.running = True
         self._started = time.perf_counter()
         try:
@@ -131,7 +136,7 @@ class Objective:
             self.running = False
             trial.set_user_attr("seconds", round(time.perf_counter() - self._started, 3))
 
-    def _run(self, trial: optuna.Trial) -> float:
+    def _run(self, trial: optuna.Trial) -> float | tuple[float, float]:
         trial.set_user_attr("device", str(self.device))
         seed = trial.user_attrs.get("seed", self.seed + trial.number)  # a retry keeps its seed
         trial.set_user_attr("seed", seed)
@@ -165,9 +170,10 @@ class Objective:
         if reason is not None:
             trial.set_user_attr("fail_reason", reason[:REASON_LENGTH])
             self._note_outcome(reason)
-            return math.nan  # optuna records a NaN as FAIL
-        self._note_outcome(None)
-        return score
+            score = math.nan  # optuna records a NaN as FAIL
+        else:
+            self._note_outcome(None)
+        return (score, activation.cost) if self.with_cost else score
 
     def _choose(self, trial: optuna.Trial):
         """The trial's activation; errors computing the map stop the search with their cause."""

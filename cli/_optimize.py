@@ -112,6 +112,12 @@ class SearchSettings:
     max_retry: int
     prior: tuple[str, ...] = ()
     max_cost: float | None = None
+    objectives: str = "score"
+
+    def directions(self, score_direction: str) -> list[str]:
+        """The study's directions: the score's (the model file's ``DIRECTION``), then with
+        ``--objectives score,cost`` the cost's."""
+        return [score_direction] + (["minimize"] if self.objectives == "score,cost" else [])
 
 
 def open_study(path: Path, settings: SearchSettings) -> tuple[UserFile, optuna.Study]:
@@ -132,19 +138,22 @@ def open_study(path: Path, settings: SearchSettings) -> tuple[UserFile, optuna.S
         grace_period=settings.grace_period,
         max_retry=settings.max_retry,
     )
+    directions = settings.directions(user.direction)
     study = optuna.create_study(
         storage=storage,
         study_name=settings.study_name or path.stem,
-        direction=user.direction,
+        directions=directions,
         sampler=build_sampler(user, settings.seed, torch_device, settings),
         pruner=make_pruner(settings.pruner),
         load_if_exists=True,
     )
-    if study.direction.name.lower() != user.direction:
+    created = [d.name.lower() for d in study.directions]
+    if created != directions:
         raise UserError(
-            f"Study {study.study_name!r} in {masked(settings.storage_url)} was created to "
-            f"{study.direction.name.lower()}, but {path} says DIRECTION = {user.direction!r}: "
-            "choose another --study name."
+            f"Study {study.study_name!r} in {masked(settings.storage_url)} was created with "
+            f"the directions {created}, but {path} (DIRECTION = {user.direction!r}) with "
+            f"--objectives {settings.objectives} asks for {directions}: choose another --study "
+            "name."
         )
     study.set_user_attr(
         _views.SETTINGS_ATTR,
@@ -153,6 +162,7 @@ def open_study(path: Path, settings: SearchSettings) -> tuple[UserFile, optuna.S
             "space": user.space,
             "seed": settings.seed,
             "map": _map_key(study),
+            "objectives": settings.objectives.split(","),
         },
     )
     _read_prior(study)
@@ -192,7 +202,9 @@ def describe(study: optuna.Study, user: UserFile, settings: SearchSettings, wher
     err_console.print(
         f"Study [bold]{study.study_name}[/] in {masked(settings.storage_url)}: {done} of "
         f"{settings.n_trials} "
-        f"trials done ({user.direction}). Model {user.path} on {where}; "
+        f"trials done ({user.direction}"
+        + (", cost minimised" if settings.objectives == "score,cost" else "")
+        + f"). Model {user.path} on {where}; "
         f"{len(study.sampler.space):,} functions"
         + (", Fisher features of the model" if user.fisher_batch else "")
         + "."
@@ -200,9 +212,10 @@ def describe(study: optuna.Study, user: UserFile, settings: SearchSettings, wher
     for source, (functions, _) in zip(settings.prior, study.sampler.prior_observations(study)):
         label = escape(source_label(source))
         err_console.print(f"Prior {label}: {len(functions):,} functions of the space scored.")
-    if settings.max_cost is not None:
+    if study.sampler.knows_costs(study):
         with err_console.status("Measuring what each function costs (once per space)..."):
             costs = study.sampler.costs(study)
+    if settings.max_cost is not None:
         affordable = int((costs <= settings.max_cost).sum())
         skipped = ", ".join(
             f"{escape(name)} ({cost:.1f})"
@@ -291,7 +304,12 @@ def _search(study, user, device, settings: SearchSettings, progress, background=
             progress.choosing(number)
 
         objective = Objective(
-            user, device, settings.seed, on_choose=on_choose, on_start=progress.started
+            user,
+            device,
+            settings.seed,
+            on_choose=on_choose,
+            on_start=progress.started,
+            with_cost=settings.objectives == "score,cost",
         )
 
         def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:

@@ -1,4 +1,5 @@
-"""``aquasurf plot``: the map of the space and the best-so-far curve, as PNG and HTML files."""
+"""``aquasurf plot``: the map of the space, the best-so-far curve and score against cost, as PNG
+and HTML files."""
 
 from __future__ import annotations
 
@@ -9,11 +10,21 @@ from pathlib import Path
 import numpy as np
 import optuna
 from optuna.study import StudyDirection
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from optuna_aquasurf import AquaSurfSampler
 from optuna_aquasurf.cli._console import UserError
 from optuna_aquasurf.cli._trials import counts_toward_target
+from optuna_aquasurf.cli._views import (
+    completed_trials,
+    cost_front,
+    cost_of,
+    is_cost_study,
+    score_of,
+)
+
+#: The expression of relu as the sampler's baseline: where relu is marked on the cost plot.
+RELU = "relu(x)"
 
 
 @dataclass
@@ -27,28 +38,91 @@ class Evaluated:
     trial: list[int]
 
 
+@dataclass
+class Costed:
+    """Completed trials of known cost: their costs (relu passes), scores, expressions and trial
+    numbers."""
+
+    cost: np.ndarray
+    score: np.ndarray
+    expression: list[str]
+    trial: list[int]
+
+    @classmethod
+    def of(cls, trials: list[FrozenTrial]) -> Costed:
+        return cls(
+            cost=np.array([cost_of(t) for t in trials], dtype=float),
+            score=np.array([score_of(t) for t in trials], dtype=float),
+            expression=[t.user_attrs.get("activation", "?") for t in trials],
+            trial=[t.number for t in trials],
+        )
+
+
 def write_plots(study: optuna.Study, sampler: AquaSurfSampler, folder: Path) -> list[Path]:
-    """Write ``<study>_map.png/.html`` and ``<study>_history.png/.html`` into ``folder``.
+    """Write ``<study>_map.png/.html``, ``<study>_history.png/.html`` and, by
+    :func:`write_cost_plots`, ``<study>_cost.png/.html`` into ``folder``; return their paths.
 
     The map is the paper's picture: every function of the space at its 2-D position, coloured
     by the surrogate's predicted score, the evaluated ones marked and coloured by their measured
     score (failed ones as crosses), the best as a star. The history shows each trial's score
     and the best so far.
+
+    Raises
+    ------
+    UserError
+        When matplotlib or plotly is missing, or the study has more than two objectives.
     """
     _check_plot_libraries()
-    folder.mkdir(parents=True, exist_ok=True)
+    maximize = _maximizes_score(study)
     coords = sampler.embedding(study)
     predicted = sampler.predict(study)
     evaluated = _evaluated(study, sampler, coords)
-    stem = folder / study.study_name.replace("/", "_")
+    stem = _stem(study, folder)
     paths = [Path(f"{stem}_map.png"), Path(f"{stem}_map.html")]
     paths += [Path(f"{stem}_history.png"), Path(f"{stem}_history.html")]
-    maximize = study.direction == StudyDirection.MAXIMIZE
     _map_png(paths[0], study.study_name, coords, predicted, evaluated, maximize)
     _map_html(paths[1], study.study_name, coords, predicted, evaluated, sampler.space.expressions)
     _history_png(paths[2], study.study_name, evaluated, maximize)
     _history_html(paths[3], study.study_name, evaluated, maximize)
+    return paths + write_cost_plots(study, folder)
+
+
+def write_cost_plots(study: optuna.Study, folder: Path) -> list[Path]:
+    """Write ``<study>_cost.png/.html`` into ``folder`` (the plots of :func:`write_plots` that
+    need no map) and return their paths.
+
+    Score against cost (relu passes, log scale) of every completed trial of known cost (see
+    :func:`~optuna_aquasurf.cli._views.cost_of`), the Pareto front (the best score for its
+    cost) as a step line through its highlighted trials, and relu's trials as stars. Needs
+    matplotlib and plotly (:func:`write_plots` checks).
+    """
+    maximize = _maximizes_score(study)
+    points = Costed.of([t for t in completed_trials(study) if cost_of(t) is not None])
+    front = Costed.of(cost_front(study))
+    relu = Costed.of([t for t in completed_trials(study) if t.user_attrs.get("activation") == RELU])
+    stem = _stem(study, folder)
+    paths = [Path(f"{stem}_cost.png"), Path(f"{stem}_cost.html")]
+    _cost_png(paths[0], study.study_name, points, front, relu, maximize)
+    _cost_html(paths[1], study.study_name, points, front, relu, maximize)
     return paths
+
+
+def _maximizes_score(study: optuna.Study) -> bool:
+    """Whether the study maximizes its score (its first objective).
+
+    Raises
+    ------
+    UserError
+        For a study of more than two objectives.
+    """
+    is_cost_study(study)
+    return study.directions[0] == StudyDirection.MAXIMIZE
+
+
+def _stem(study: optuna.Study, folder: Path) -> Path:
+    """The path of the study's plots without their suffixes; ``folder`` is created."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / study.study_name.replace("/", "_")
 
 
 def _check_plot_libraries() -> None:
@@ -68,7 +142,7 @@ def _evaluated(study: optuna.Study, sampler: AquaSurfSampler, coords: np.ndarray
         expression = trial.user_attrs.get("activation")
         if expression is None or not counts_toward_target(trial):
             continue
-        score = trial.value if trial.state == TrialState.COMPLETE else math.nan
+        score = score_of(trial) if trial.state == TrialState.COMPLETE else math.nan
         rows.append((coords[sampler.locate(expression)[0]], score, expression, trial.number))
     return Evaluated(
         xy=np.array([r[0] for r in rows]).reshape(-1, 2),
@@ -245,6 +319,88 @@ def _history_html(path, name, evaluated, maximize) -> None:
         title=f"{name}: best so far",
         xaxis_title="trial",
         yaxis_title="score",
+        template="plotly_white",
+    )
+    figure.write_html(path, include_plotlyjs="directory")
+
+
+def _cost_png(path, name, points, front, relu, maximize) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5), dpi=120)
+    axes.scatter(points.cost, points.score, s=18, c="tab:blue", alpha=0.6, label="trial")
+    axes.step(front.cost, front.score, where="post", c="tab:orange", label="Pareto front")
+    axes.scatter(front.cost, front.score, s=60, c="tab:orange", edgecolors="black", zorder=3)
+    for cost, score, expression in zip(front.cost, front.score, front.expression):
+        axes.annotate(
+            expression, (cost, score), fontsize=7, xytext=(6, 4), textcoords="offset points"
+        )
+    if relu.trial:
+        star = {"s": 250, "marker": "*", "c": "gold", "edgecolors": "black", "zorder": 4}
+        axes.scatter(relu.cost, relu.score, label=RELU, **star)
+    if len(points.cost):  # an empty log axis fails to draw
+        axes.set_xscale("log")
+    axes.set_xlabel("cost (forward and backward time over relu's, CPU)")
+    axes.set_ylabel(f"score ({'maximize' if maximize else 'minimize'})")
+    axes.set_title(f"{name}: score against cost, {len(front.trial)} trials on the front")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def _cost_html(path, name, points, front, relu, maximize) -> None:
+    import plotly.graph_objects as go
+
+    def labels(costed):
+        return [
+            f"trial {t}: {e}<br>score {s:.4f}, cost {c:.2f}x relu"
+            for t, e, s, c in zip(costed.trial, costed.expression, costed.score, costed.cost)
+        ]
+
+    figure = go.Figure()
+    figure.add_trace(
+        go.Scatter(
+            x=points.cost,
+            y=points.score,
+            mode="markers",
+            name="trial",
+            text=labels(points),
+            hoverinfo="text",
+            marker={"size": 7, "opacity": 0.6},
+        )
+    )
+    figure.add_trace(
+        go.Scatter(
+            x=front.cost,
+            y=front.score,
+            mode="lines+markers",
+            line_shape="hv",
+            name="Pareto front",
+            text=labels(front),
+            hoverinfo="text",
+            marker={"size": 11, "line": {"width": 1, "color": "black"}},
+        )
+    )
+    if relu.trial:
+        figure.add_trace(
+            go.Scatter(
+                x=relu.cost,
+                y=relu.score,
+                mode="markers",
+                name=RELU,
+                text=labels(relu),
+                hoverinfo="text",
+                marker={"size": 16, "symbol": "star", "color": "gold", "line": {"width": 1}},
+            )
+        )
+    figure.update_layout(
+        title=f"{name}: score against cost",
+        xaxis={"type": "log", "title": "cost (forward and backward time over relu's, CPU)"},
+        yaxis_title=f"score ({'maximize' if maximize else 'minimize'})",
         template="plotly_white",
     )
     figure.write_html(path, include_plotlyjs="directory")

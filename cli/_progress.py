@@ -74,7 +74,9 @@ class SearchProgress:
         """Print the result of ``trial`` and move the bar to ``done``, showing ``best``."""
         attrs = trial.user_attrs
         if trial.state == TrialState.COMPLETE:
-            result = f"{trial.value:.4f}"
+            result = f"{trial.values[0]:.4f}"
+            if len(trial.values) == 2:
+                result += f" cost {trial.values[1]:.2f}"
         elif trial.state == TrialState.PRUNED and trial.intermediate_values:
             last = trial.intermediate_values[max(trial.intermediate_values)]
             result = f"{last:.4f} at step {max(trial.intermediate_values)}"
@@ -87,5 +89,5 @@ class SearchProgress:
         )
         shown = ""
         if best is not None:
-            shown = f"best {best.value:.4f} {escape(best.user_attrs.get('activation', '?'))}"
+            shown = f"best {best.values[0]:.4f} {escape(best.user_attrs.get('activation', '?'))}"
         self._progress.update(self._task, completed=done, best=shown, description="trials")

@@ -38,7 +38,7 @@ def fit(
     train_loader, val_loader
         Iterables of ``(inputs, labels)`` batches, labels as class indices.
     trial
-        The trial to report to.
+        The trial to report to (in a study of one objective: Optuna prunes no other).
     device
         Where batches go.
     epochs, lr, weight_decay
@@ -74,6 +74,8 @@ def fit(
                 scaler.update()
         schedule.step()
         accuracy = evaluate(model, val_loader, device)
+        if len(trial.study.directions) > 1:
+            continue  # Optuna prunes studies of one objective only
         trial.report(accuracy, epoch)
         if trial.should_prune():
             raise optuna.TrialPruned(f"validation accuracy {accuracy:.4f} after epoch {epoch}")

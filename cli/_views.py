@@ -1,10 +1,19 @@
-"""Read-only views of a study: ``status``, ``best`` and ``top``, as rich tables or JSON."""
+"""Read-only views of a study: ``status``, ``best`` and ``top``, as rich tables or JSON.
+
+A study has one objective, the score, or two, the score and the cost (``optimize --objectives
+score,cost``): then each completed trial's values are ``[score, cost]``. A function's cost is
+its forward and backward time over relu's on the CPU (:mod:`optuna_aquasurf._cost`).
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
@@ -12,6 +21,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from optuna_aquasurf._cost import measured_cost
+from optuna_aquasurf._front import on_front
+from optuna_aquasurf._scores import has_cost_objective, maximizes_score
 from optuna_aquasurf.cli._console import UserError
 from optuna_aquasurf.cli._storage import masked
 from optuna_aquasurf.cli._trials import count_finished, pending_reruns
@@ -20,36 +32,103 @@ from optuna_aquasurf.cli._trials import count_finished, pending_reruns
 SHOWN_EQUIVALENTS = 1
 #: Study user attribute where ``optimize`` keeps the model file, SPACE and seed.
 SETTINGS_ATTR = "aquasurf"
+#: The objectives of a study, in the order of its directions.
+OBJECTIVES = ("score", "cost")
+
+
+def is_cost_study(study: optuna.Study) -> bool:
+    """Whether ``study`` has the two objectives (score, cost); False when it has the score alone.
+
+    Raises
+    ------
+    UserError
+        For a study of other objectives, which aquasurf did not create.
+    """
+    try:
+        maximizes_score(study)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    return has_cost_objective(study)
+
+
+def score_of(trial: FrozenTrial) -> float:
+    """A completed trial's score: its first value."""
+    return trial.values[0]
+
+
+def cost_of(trial: FrozenTrial) -> float | None:
+    """A completed trial's cost in relu passes: its second value in a (score, cost) study, else
+    its function's, measured now on the CPU; None for an operator this process does not know (one
+    the model file registers)."""
+    if len(trial.values) == len(OBJECTIVES):
+        return trial.values[1]
+    try:
+        return measured_cost(trial.user_attrs["activation"])
+    except (KeyError, ValueError):
+        return None
+
+
+def completed_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The study's completed trials, in trial order."""
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best completed trial, or None."""
-    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not completed:
-        return None
-    pick = max if study.direction == StudyDirection.MAXIMIZE else min
-    return pick(completed, key=lambda t: t.value)
+    """The completed trial of the best score, or None."""
+    return min(completed_trials(study), key=_score_order(study), default=None)
+
+
+def cost_front(study: optuna.Study) -> list[FrozenTrial]:
+    """The Pareto front of score and cost: the completed trials with a better score than every
+    trial as cheap or cheaper, cheapest first (see :func:`optuna_aquasurf._front.on_front`; of
+    trials with the same score and cost, the first). Trials of unknown cost (see
+    :func:`cost_of`) are left out."""
+    order = _score_order(study)
+    known = [t for t in completed_trials(study) if cost_of(t) is not None]
+    higher_better = [-order(t) for t in known]
+    front = on_front(np.array(higher_better), np.array([cost_of(t) for t in known]))
+    return sorted(itertools.compress(known, front), key=lambda t: (cost_of(t), order(t)))
+
+
+def _score_order(study: optuna.Study) -> Callable[[FrozenTrial], float]:
+    """A sort key of completed trials that puts the best score first (by the first direction)."""
+    sign = -1.0 if study.directions[0] == StudyDirection.MAXIMIZE else 1.0
+    return lambda trial: sign * score_of(trial)
+
+
+def _cost_or_inf(trial: FrozenTrial) -> float:
+    """The trial's cost, infinite when unknown (a sort key: unknown costs last)."""
+    cost = cost_of(trial)
+    return math.inf if cost is None else cost
 
 
 def trial_record(trial: FrozenTrial) -> dict[str, Any]:
-    """A completed trial for JSON: number, expression, score, params, seconds."""
+    """A completed trial for JSON: number, expression, score, cost, params, seconds."""
     return {
         "trial": trial.number,
         "expression": trial.user_attrs.get("activation"),
-        "score": trial.value,
+        "score": score_of(trial),
         "params": trial.params,
         "seconds": trial.user_attrs.get("seconds"),
+        "cost": cost_of(trial),
     }
 
 
+def _directions(study: optuna.Study) -> list[str]:
+    return [direction.name.lower() for direction in study.directions]
+
+
 def status(study: optuna.Study, url: str) -> dict[str, Any]:
-    """Counts of trials by state, progress and the best trial of ``study``."""
+    """Counts of trials by state, progress, the best trial of ``study`` and, in a (score, cost)
+    study, the size of the Pareto front."""
     trials = study.get_trials(deepcopy=False)
     best = best_trial(study)
+    directions = _directions(study)
     return {
         "study": study.study_name,
         "storage": masked(url),
-        "direction": study.direction.name.lower(),
+        "direction": directions[0],
+        "directions": directions,
         "model_file": study.user_attrs.get(SETTINGS_ATTR, {}).get("file"),
         "trials": {
             state.name.lower(): sum(t.state == state for t in trials) for state in TrialState
@@ -58,21 +137,26 @@ def status(study: optuna.Study, url: str) -> dict[str, Any]:
         "to_run_again": len(pending_reruns(trials)),
         "seconds": round(sum(t.user_attrs.get("seconds", 0.0) for t in trials), 3),
         "best": None if best is None else trial_record(best),
+        "front_size": len(cost_front(study)) if is_cost_study(study) else None,
     }
 
 
-def top(study: optuna.Study, limit: int, space=None) -> list[dict[str, Any]]:
-    """The ``limit`` best functions (best trial of each), with their equivalent names.
+def top(study: optuna.Study, limit: int, space=None, by: str = "score") -> list[dict[str, Any]]:
+    """The ``limit`` best functions (best trial of each), with their equivalent names; with
+    ``by="cost"`` the ``limit`` cheapest, those of equal cost by score.
 
     ``space`` (a :class:`~optuna_aquasurf.SearchSpace`) gives the equivalents; by default it is
     rebuilt from the study's settings, and without it the equivalents are empty.
     """
-    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    completed.sort(key=lambda t: t.value, reverse=study.direction == StudyDirection.MAXIMIZE)
+    is_cost_study(study)
+    order = _score_order(study)
     best_of: dict[str, FrozenTrial] = {}
-    for trial in completed:
+    for trial in sorted(completed_trials(study), key=order):
         best_of.setdefault(trial.user_attrs.get("activation", "?"), trial)
-    rows = list(best_of.values())[:limit]
+    rows = list(best_of.values())
+    if by == "cost":
+        rows.sort(key=lambda t: (_cost_or_inf(t), order(t)))
+    rows = rows[:limit]
     if space is None and rows:
         space = study_space(study)
     return [
@@ -138,7 +222,8 @@ def print_status(console: Console, data: dict[str, Any]) -> None:
     table.add_column()
     table.add_row("storage", escape(data["storage"]))
     table.add_row("model file", escape(str(data["model_file"] or "-")))
-    table.add_row("direction", data["direction"])
+    objectives = zip(data["directions"], OBJECTIVES)
+    table.add_row("direction", ", ".join(f"{way} {name}" for way, name in objectives))
     counts = ", ".join(f"{n} {state}" for state, n in data["trials"].items() if n)
     table.add_row("trials", counts or "none")
     table.add_row("finished", f"{data['finished']} (counted by --n-trials)")
@@ -147,13 +232,22 @@ def print_status(console: Console, data: dict[str, Any]) -> None:
     table.add_row("training time", f"{data['seconds'] / 60:.1f} min")
     best = data["best"]
     if best is not None:
-        table.add_row("best", f"{best['score']:.6g}  {escape(str(best['expression']))}")
+        table.add_row(
+            "best",
+            f"{best['score']:.6g}  {escape(str(best['expression']))}  "
+            f"(cost {times_relu(best['cost'])})",
+        )
         table.add_row("best trial", str(best["trial"]))
+    if data["front_size"] is not None:
+        table.add_row(
+            "Pareto front",
+            f"{data['front_size']} trials, the best score for their cost: `aquasurf best`",
+        )
     console.print(table)
 
 
 def best_record(study: optuna.Study) -> dict[str, Any]:
-    """The study's best trial for JSON.
+    """The study's trial of the best score for JSON.
 
     Raises
     ------
@@ -163,24 +257,68 @@ def best_record(study: optuna.Study) -> dict[str, Any]:
     best = best_trial(study)
     if best is None:
         raise UserError(f"Study {study.study_name!r} has no completed trial yet.")
-    record = {"study": study.study_name, "direction": study.direction.name.lower()}
+    record = {"study": study.study_name, "direction": _directions(study)[0]}
     record.update(trial_record(best))
     return record
 
 
+def front_record(study: optuna.Study) -> dict[str, Any]:
+    """The Pareto front of a (score, cost) study for JSON: its trials, cheapest first.
+
+    Raises
+    ------
+    UserError
+        When no trial has completed.
+    """
+    front = cost_front(study)
+    if not front:
+        raise UserError(f"Study {study.study_name!r} has no completed trial yet.")
+    return {
+        "study": study.study_name,
+        "directions": _directions(study),
+        "front": [trial_record(trial) for trial in front],
+    }
+
+
 def print_best(console: Console, record: dict[str, Any]) -> None:
-    """The best expression and its score, then the trial and its parameters."""
+    """The best expression, its score and cost, then the trial and its parameters."""
     console.print(f"[bold]{escape(str(record['expression']))}[/]")
-    console.print(f"score {record['score']:.6g} ({record['direction']}), trial {record['trial']}")
+    console.print(
+        f"score {record['score']:.6g} ({record['direction']}), cost "
+        f"{times_relu(record['cost'])}, trial {record['trial']}"
+    )
     for name, value in record["params"].items():
         console.print(f"  {escape(name)} = {value!r}")
 
 
+def print_front(console: Console, record: dict[str, Any]) -> None:
+    """The Pareto front as a table: cost, score, expression, trial."""
+    score_direction = record["directions"][0]
+    table = Table(
+        title=f"Pareto front of {escape(record['study'])}: the best score for its cost",
+        title_justify="left",
+    )
+    table.add_column("cost", justify="right")
+    table.add_column(f"score ({score_direction})", justify="right")
+    table.add_column("activation", overflow="fold")
+    table.add_column("trial", justify="right")
+    for row in record["front"]:
+        table.add_row(
+            times_relu(row["cost"]),
+            f"{row['score']:.6g}",
+            escape(str(row["expression"])),
+            str(row["trial"]),
+        )
+    console.print(table)
+
+
 def print_top(console: Console, rows: list[dict[str, Any]], title: str) -> None:
-    """A table of the best functions: rank, score, expression, equivalents, trial, seconds."""
+    """A table of the best functions: rank, score, cost, expression, equivalents, trial,
+    seconds."""
     table = Table(title=title, title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
+    table.add_column("cost", justify="right")
     table.add_column("activation", overflow="fold")
     table.add_column("equivalent to", overflow="fold", style="dim")
     table.add_column("trial", justify="right")
@@ -194,12 +332,19 @@ def print_top(console: Console, rows: list[dict[str, Any]], title: str) -> None:
         table.add_row(
             str(row["rank"]),
             f"{row['score']:.4f}",
+            times_relu(row["cost"]),
             escape(str(row["expression"])),
             escape(shown),
             str(row["trial"]),
             "-" if seconds is None else f"{seconds:.1f}",
         )
     console.print(table)
+
+
+def times_relu(cost: float | None) -> str:
+    """A cost as shown: relu passes (relu costs ``"1.0x"``), such as ``"2.3x"``; ``"-"`` when
+    unknown."""
+    return "-" if cost is None else f"{cost:.1f}x"
 
 
 def _equivalents(space, trial: FrozenTrial) -> list[str]:

@@ -28,6 +28,9 @@ class ActivationFunction(nn.Module):
     normalize
         Shift and scale the output so that, for ``x ~ N(0, 1)``, it has mean 0 and second
         moment 1. The two constants are computed once, by Gauss-Hermite quadrature.
+    cost
+        Its :attr:`cost` when known already (:func:`suggest_activation` gives the study's);
+        measured on first use otherwise.
 
     Examples
     --------
@@ -40,11 +43,12 @@ class ActivationFunction(nn.Module):
     [1.0, 1.0]
     """
 
-    def __init__(self, expression: str, normalize: bool = False):
+    def __init__(self, expression: str, normalize: bool = False, cost: float | None = None):
         super().__init__()
         self.tree = parse(expression)
         self.expression = str(self.tree)
         self.normalize = normalize
+        self._cost = cost
         self.shift, self.scale = _normalization(self) if normalize else (0.0, 1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,10 +60,10 @@ class ActivationFunction(nn.Module):
     @property
     def cost(self) -> float:
         """Its forward and backward time over relu's on the CPU (float32), measured on first
-        use in the process (see :mod:`optuna_aquasurf._cost`)."""
+        use in the process (see :mod:`optuna_aquasurf._cost`) unless given."""
         from optuna_aquasurf._cost import measured_cost
 
-        return measured_cost(self.expression)
+        return self._cost if self._cost is not None else measured_cost(self.expression)
 
     def extra_repr(self) -> str:
         return repr(self.expression) + (", normalize=True" if self.normalize else "")
@@ -68,7 +72,7 @@ class ActivationFunction(nn.Module):
         return f"{type(self).__name__}({self.extra_repr()})"
 
     def __reduce__(self):
-        return type(self), (self.expression, self.normalize)
+        return type(self), (self.expression, self.normalize, self._cost)
 
 
 def _normalization(act: ActivationFunction) -> tuple[float, float]:

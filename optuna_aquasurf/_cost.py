@@ -2,7 +2,8 @@
 
 A function found by the search has to run in the user's network afterwards. Its cost is the time
 of one forward and one backward pass of the activation alone on a tensor of
-:data:`COST_ELEMENTS` elements, over relu's on the same device and dtype, measured
+:data:`COST_ELEMENTS` elements, over relu's on the same device and dtype (on the CPU, one
+thread: two threads wait for each other whenever another process holds a core), measured
 (:func:`measure_costs`) or, for spaces too large to time, estimated from its operators
 (:func:`estimated_cost`).
 """
@@ -12,13 +13,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from optuna_aquasurf._expression import Expression, evaluate, parse
+from optuna_aquasurf._probe_points import reference_arithmetic
 
 if TYPE_CHECKING:
     from optuna_aquasurf._store import Store
@@ -91,12 +93,17 @@ def estimated_cost(expression: str | Expression) -> float:
     return own + sum(estimated_cost(arg) for arg in node.args)
 
 
-def stored_costs(store: Store, expressions: Sequence[str], identity: str) -> np.ndarray:
-    """The measured costs of ``expressions`` on the CPU, measured once and kept in ``store``
-    under ``identity`` (what determines the expressions, e.g. a space's fingerprint), so that
-    every worker and resumed run of a study uses the same."""
-    key = hashlib.sha256(f"{identity}|cpu|float32|{COST_ELEMENTS}".encode()).hexdigest()
-    return store.compute_once("costs", key, lambda: [measure_costs(expressions)])[0]
+def stored_costs(
+    store: Store,
+    expressions: Sequence[str],
+    measure: Callable[[Sequence[str]], np.ndarray] | None = None,
+) -> np.ndarray:
+    """The costs of ``expressions``, measured once (on the CPU by :func:`measure_costs`, or by
+    ``measure``) and kept in ``store``, so that every worker and resumed run of a study uses
+    the same."""
+    identity = "\n".join([f"cpu1|float32|{COST_ELEMENTS}", *expressions])
+    key = hashlib.sha256(identity.encode()).hexdigest()
+    return store.compute_once("costs", key, lambda: [(measure or measure_costs)(expressions)])[0]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -120,10 +127,11 @@ def measure_costs(
     relu = parse("relu(x)")
     costs = np.empty(len(expressions))
     reference = 1.0
-    for i, expression in enumerate(expressions):
-        if i % RELU_EVERY == 0:
-            reference = _fastest_pass(relu, x, RELU_REPEATS * repeats)
-        costs[i] = _fastest_pass(parse(expression), x, repeats) / reference
+    with reference_arithmetic():  # one thread
+        for i, expression in enumerate(expressions):
+            if i % RELU_EVERY == 0:
+                reference = _fastest_pass(relu, x, RELU_REPEATS * repeats)
+            costs[i] = _fastest_pass(parse(expression), x, repeats) / reference
     return costs
 
 

@@ -260,7 +260,7 @@ class SpaceMap:
 
         expressions = self.space.expressions
         if len(expressions) <= MEASURED_COSTS_UP_TO:
-            return stored_costs(store, expressions, self.space.fingerprint)
+            return stored_costs(store, expressions)
         with self._lock:
             if self._estimated_costs is None:
                 self._estimated_costs = np.array([estimated_cost(e) for e in expressions])

@@ -19,11 +19,10 @@ from importlib import resources
 
 import numpy as np
 import optuna
-from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from optuna_aquasurf._expression import canonical
-from optuna_aquasurf._scores import function_scores, quantiles, trial_score
+from optuna_aquasurf._scores import function_scores, maximizes_score, quantiles, trial_score
 from optuna_aquasurf._store import masked
 
 #: The prefix of the bundled tables' names, and the tables.
@@ -129,17 +128,13 @@ def _load_study(source: str) -> optuna.Study:
 
 def _study_results(study: optuna.Study, name: str) -> tuple[list, bool]:
     """(expression, score, failed) of every trial of ``study`` with an activation."""
-    if len(study.directions) != 1:
-        raise ValueError(
-            f"prior study {study.study_name!r} has {len(study.directions)} objectives; a prior "
-            "needs one score per activation"
-        )
+    maximize = maximizes_score(study)
     results = [
         (t.user_attrs[name], trial_score(t), t.state == TrialState.FAIL)
         for t in study.get_trials(deepcopy=False)
         if name in t.user_attrs
     ]
-    return results, study.direction == StudyDirection.MAXIMIZE
+    return results, maximize
 
 
 def _table_results(table: str) -> tuple[list, bool]:

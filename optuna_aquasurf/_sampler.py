@@ -12,17 +12,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import optuna
 from optuna.samplers import BaseSampler, TPESampler
-from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from optuna_aquasurf import _acquisition, _transfer
+from optuna_aquasurf import _acquisition, _front, _transfer
 from optuna_aquasurf._activation import ActivationFunction
 from optuna_aquasurf._expression import canonical
 from optuna_aquasurf._feature_space import length_scale
 from optuna_aquasurf._map import SpaceMap, check_map_options
 from optuna_aquasurf._operators import PAPER_UNARY
 from optuna_aquasurf._prior import Source, check_source, read_source, source_label
-from optuna_aquasurf._scores import function_scores, trial_score
+from optuna_aquasurf._scores import (
+    function_scores,
+    has_cost_objective,
+    maximizes_score,
+    trial_score,
+)
 from optuna_aquasurf._space import SearchSpace
 from optuna_aquasurf._store import MemoryStore, Store, store_for
 
@@ -73,6 +77,12 @@ class AquaSurfSampler(BaseSampler):
     the surrogate starts from what they learned: their scores, as quantiles, predict this
     study's, with a weight that falls as its own scores grow and follows their rank agreement
     with them (see :mod:`optuna_aquasurf._transfer`).
+
+    In a study of two objectives, the score and the activation's cost
+    (``directions=[..., "minimize"]``, the objective returning ``act.cost`` second), the
+    surrogate predicts the score alone, the cost being known for every function, and each pick
+    is the function that would add most to the front of score against cost (its hypervolume,
+    costs on a log scale, see :mod:`optuna_aquasurf._front`), with an optimistic score.
 
     Use it with :func:`suggest_activation`; the activation is recorded in each trial's user
     attribute ``"activation"`` (readable in ``trials_dataframe()`` and optuna-dashboard).
@@ -270,10 +280,11 @@ class AquaSurfSampler(BaseSampler):
 
     def suggest(self, study: optuna.Study, trial: optuna.Trial, name: str = "activation") -> str:
         """Choose the expression ``trial`` trains and record it; see :func:`suggest_activation`."""
-        if study._is_multi_objective():
+        maximizes_score(study)  # a clear error for a study of other objectives
+        if has_cost_objective(study) and self._acquisition == "explore":
             raise ValueError(
-                "AquaSurfSampler searches activations for one objective; this study has "
-                f"{len(study.directions)}. Use a single-objective study."
+                'acquisition="explore" is for studies of one objective; a study of score and '
+                'cost takes "ucb" or "greedy"'
             )
         chosen = trial.user_attrs.get(name)  # set already, or inherited by a retried trial
         fixed = self._fixed_params.get(trial._trial_id, {}).get(name)
@@ -338,7 +349,7 @@ class AquaSurfSampler(BaseSampler):
             functions, scores = self._observations(study, self._trials(study, name, exclude=None))
             if len(scores) == 0:
                 return None
-            sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
+            sign = 1.0 if maximizes_score(study) else -1.0
             predicted, _ = self._predict_scores(
                 study, points, functions, sign * scores, name, uncertainty=False
             )
@@ -415,10 +426,27 @@ class AquaSurfSampler(BaseSampler):
                 baselines = self._baseline_names()
                 names = list(baselines.values())
                 if names:
-                    identity = "baselines|" + "|".join(names)
-                    costs[list(baselines)] = stored_costs(store, names, identity)
+                    costs[list(baselines)] = stored_costs(store, names)
                 self._costs[key] = costs
             return self._costs[key]
+
+    def cost_of(self, study: optuna.Study, expression: str) -> float:
+        """The cost of ``expression`` as ``study`` knows it: from :meth:`costs` when the sampler
+        suggests the function under this name, else measured (see
+        :attr:`ActivationFunction.cost`)."""
+        from optuna_aquasurf._cost import measured_cost
+
+        function, exact = self.locate(expression)
+        if exact and expression == self._baseline_names().get(
+            function, self.space[function].expression
+        ):
+            return float(self.costs(study)[function])
+        return measured_cost(canonical(expression))
+
+    def knows_costs(self, study: optuna.Study) -> bool:
+        """Whether ``study`` needs the cost of every function: with ``max_cost``, or when it
+        minimises the cost as its second objective."""
+        return self._max_cost is not None or has_cost_objective(study)
 
     def baselines_over_cost(self, study: optuna.Study) -> dict[str, float]:
         """The baselines that ``max_cost`` leaves out, and their costs."""
@@ -466,7 +494,7 @@ class AquaSurfSampler(BaseSampler):
         if picks_after_baselines < self._n_design or (len(scores) == 0 and not self._prior):
             distance = _acquisition.distance_to_nearest(self._neighbours["tried"], points, tried)
             return _acquisition.farthest_first(distance, candidates, _CLAIM_ATTEMPTS)
-        if study.direction == StudyDirection.MINIMIZE:
+        if not maximizes_score(study):
             scores = -scores
         acquisition = self._acquisition if len(scores) > 0 else "greedy"  # the prior alone
         predicted, bonus = self._predict_scores(
@@ -477,9 +505,26 @@ class AquaSurfSampler(BaseSampler):
             exploration = self._pick_rng(len(tried)).exponential(self._exploration)
         elif acquisition == "explore":
             bonus = _acquisition.distance_to_nearest(self._neighbours["tried"], points, tried)
+        if has_cost_objective(study):
+            optimistic = predicted if bonus is None else predicted + exploration * bonus
+            return self._rank_on_front(study, optimistic, functions, scores, candidates)
         return _acquisition.rank(
             acquisition, predicted, candidates, exploration, _CLAIM_ATTEMPTS, bonus
         )
+
+    def _rank_on_front(self, study, optimistic, functions, scores, candidates) -> np.ndarray:
+        """The candidates that would add most to the front of score and cost, best first: by
+        their :func:`~optuna_aquasurf._front.front_gain` over the scored functions, with the
+        optimistic score and the known cost. Above the reference (the median score so far, twice
+        the highest cost), the front counts only functions worth a look."""
+        costs = self.costs(study)
+        median = np.median(scores if len(scores) else optimistic[candidates])
+        reference = (float(median), 2 * float(costs.max()))
+        gain = np.full(len(costs), -np.inf)
+        gain[candidates] = _front.front_gain(
+            optimistic[candidates], costs[candidates], scores, costs[functions], reference
+        )
+        return _acquisition.rank("greedy", gain, candidates, 0.0, _CLAIM_ATTEMPTS)
 
     def _predict_scores(self, study, points, functions, scores, name, uncertainty: bool):
         """The predicted score of every function from the observed ``scores`` (higher is better)
@@ -543,7 +588,7 @@ class AquaSurfSampler(BaseSampler):
         completed trials give their value, pruned ones their last reported value, and a function
         whose trials all failed the worst value observed in the study."""
         results = [(f, trial_score(t), t.state == TrialState.FAIL) for t, (f, _) in trials]
-        return function_scores(results, study.direction == StudyDirection.MAXIMIZE)
+        return function_scores(results, maximizes_score(study))
 
     def locate(self, expression: str) -> tuple[int, bool]:
         """The position in the space of the function ``expression`` computes, and True; or, for a
@@ -585,6 +630,23 @@ def suggest_activation(
         User attribute (and enqueue key) of the expression.
     normalize
         Passed to :class:`ActivationFunction`.
+
+    Examples
+    --------
+    A study of score and cost, whose front is ``study.best_trials``:
+
+    >>> import optuna, torch
+    >>> from optuna_aquasurf import AquaSurfSampler, suggest_activation
+    >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+    >>> sampler = AquaSurfSampler(["relu(x)", "tanh(x)", "sinh(x)", "swish(x)"], seed=0)
+    >>> study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    >>> def objective(trial):
+    ...     act = suggest_activation(trial)
+    ...     score = -float((act(torch.linspace(-1, 1, 5)) - torch.linspace(-1, 1, 5)).abs().sum())
+    ...     return score, act.cost
+    >>> study.optimize(objective, n_trials=4)
+    >>> len(study.best_trials) >= 1
+    True
     """
     sampler = trial.study.sampler
     if not isinstance(sampler, AquaSurfSampler):
@@ -592,4 +654,7 @@ def suggest_activation(
             "suggest_activation needs a study created with sampler=AquaSurfSampler(...), "
             f"not {type(sampler).__name__}"
         )
-    return ActivationFunction(sampler.suggest(trial.study, trial, name), normalize=normalize)
+    study = trial.study
+    expression = sampler.suggest(study, trial, name)
+    cost = sampler.cost_of(study, expression) if sampler.knows_costs(study) else None
+    return ActivationFunction(expression, normalize=normalize, cost=cost)

@@ -1,18 +1,48 @@
-"""What trials say about their functions: one score per function, and scores as quantiles."""
+"""What trials say about their functions: one score per function, and scores as quantiles.
+
+A study scores activations with one objective, or with two: the score and the activation's
+cost (``directions=[..., "minimize"]``, the second value being ``act.cost``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 import numpy as np
+import optuna
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from scipy.stats import rankdata
 
 
+def has_cost_objective(study: optuna.Study) -> bool:
+    """Whether ``study`` has two objectives, the score and the activation's cost (minimised)."""
+    return len(study.directions) == 2 and study.directions[1] == StudyDirection.MINIMIZE
+
+
+def maximizes_score(study: optuna.Study) -> bool:
+    """Whether the score (the first objective) of ``study`` is maximised.
+
+    Raises
+    ------
+    ValueError
+        For a multi-objective study other than (score, cost).
+    """
+    if len(study.directions) > 1 and not has_cost_objective(study):
+        directions = [d.name.lower() for d in study.directions]
+        raise ValueError(
+            f"study {study.study_name!r} has the objectives {directions}: activations are "
+            "searched for one objective, the score, or for two, the score and the activation's "
+            'cost (directions=[..., "minimize"], the second value being act.cost)'
+        )
+    return study.directions[0] == StudyDirection.MAXIMIZE
+
+
 def trial_score(trial: FrozenTrial) -> float | None:
-    """A completed trial's value, or a pruned trial's last reported value; else None."""
-    if trial.state == TrialState.COMPLETE and trial.value is not None:
-        return float(trial.value)
+    """A completed trial's value (its first, in a study of score and cost), or a pruned
+    trial's last reported value; else None."""
+    if trial.state == TrialState.COMPLETE and trial.values:
+        return float(trial.values[0])
     if trial.state == TrialState.PRUNED and trial.intermediate_values:
         return float(trial.intermediate_values[max(trial.intermediate_values)])
     return None

@@ -276,6 +276,22 @@ def test_max_cost_leaves_out_the_functions_above_it(copy):
     assert "softsign(x)" not in trained and {"relu(x)", "tanh(x)"} <= trained
 
 
+def test_objectives_score_and_cost(copy):
+    """--objectives score,cost: a study of two objectives whose trials return the score and the
+    activation's cost; the same study without the option is refused."""
+    front = ["--study", "front", "--objectives", "score,cost"]
+    result = aquasurf("optimize", "tiny.py", *front, "--n-trials", "4", cwd=copy)
+    assert result.returncode == 0, result.stderr
+    assert "cost minimised" in result.stderr
+    done = trials(copy, "front")
+    assert [t.state for t in done] == [TrialState.COMPLETE] * 4
+    relu = next(t for t in done if t.user_attrs["activation"] == "relu(x)")
+    assert 0.3 < relu.values[1] < 3 and all(t.values[1] > 0 for t in done)
+    result = aquasurf("optimize", "tiny.py", "--study", "front", "--n-trials", "5", cwd=copy)
+    assert result.returncode == 1
+    assert "['maximize', 'minimize']" in result.stderr and "choose another --study" in result.stderr
+
+
 def test_digits_example_short_search(tmp_path):
     """The digits example's model, data and Fisher batch, over 3 functions for 1 epoch."""
     (tmp_path / "digits_small.py").write_text(

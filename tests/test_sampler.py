@@ -226,12 +226,6 @@ def test_threads_never_train_the_same_function(space):
     assert len(set(functions)) == 24
 
 
-def test_multi_objective_is_a_clear_error(space):
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=AquaSurfSampler(space))
-    with pytest.raises(ValueError, match="one objective"):
-        study.optimize(lambda t: (suggest_activation(t) and 0.0, 0.0), n_trials=1, catch=())
-
-
 def test_other_sampler_is_a_clear_error():
     study = optuna.create_study()
     with pytest.raises(TypeError, match="sampler=AquaSurfSampler"):

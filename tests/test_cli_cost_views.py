@@ -1,0 +1,204 @@
+"""What the read-only views say about cost: ``top``, ``best``, ``status`` and ``plot`` of a study
+of the score alone (costs measured now) and of a study of (score, cost) (costs stored).
+
+The studies are written with optuna directly, as ``aquasurf optimize`` would leave them, and
+read by the real typer app in this process. Their space has 3 functions, whose map needs no
+UMAP, so ``plot`` takes a second.
+"""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+from optuna.trial import TrialState, create_trial
+from PIL import Image
+from typer.testing import CliRunner
+
+from optuna_aquasurf import AquaSurfSampler, SearchSpace
+from optuna_aquasurf.cli._app import app
+from optuna_aquasurf.cli._plot import write_cost_plots
+from optuna_aquasurf.cli._views import SETTINGS_ATTR
+
+SPACE = ["relu(x)", "tanh(x)", "swish(x)"]
+#: The (score, cost) study's trials: expression, score, cost. Softsign ties swish's cost with a
+#: lower score; sigmoid scores as swish for more cost; both are off the front.
+PARETO = [
+    ("relu(x)", 0.80, 1.0),
+    ("tanh(x)", 0.85, 1.2),
+    ("swish(x)", 0.90, 1.7),
+    ("softsign(x)", 0.70, 1.7),
+    ("sigmoid(x)", 0.90, 3.0),
+    ("mul(x,tanh(x))", 0.95, 4.0),
+]
+FRONT = ["relu(x)", "tanh(x)", "swish(x)", "mul(x,tanh(x))"]
+#: The single-objective study's trials: expression, score (minimised: a loss).
+LOSSES = [("relu(x)", 0.30), ("tanh(x)", 0.25), ("swish(x)", 0.20), ("cosh(x)", 0.40)]
+#: A generous band around relu's cost over relu's, for a loaded machine.
+RELU_COST = (0.3, 3.0)
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory) -> str:
+    """A SQLite database of the studies ``pareto`` (maximize score, minimize cost), ``loss``
+    (minimize), ``registered`` (an operator this process does not know) and ``three`` (three
+    objectives), the first two with their map stored."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('cost_views') / 'aquasurf.db'}"
+    space = SearchSpace.from_schemas(SPACE)
+    sampler = AquaSurfSampler(space, seed=0)
+    settings = {"file": "model.py", "space": SPACE, "seed": 0, "map": sampler.map_key}
+
+    pareto = optuna.create_study(
+        storage=url, study_name="pareto", directions=["maximize", "minimize"]
+    )
+    pareto.set_user_attr(SETTINGS_ATTR, {**settings, "objectives": ["score", "cost"]})
+    for expression, score, cost in PARETO:
+        attrs = {"activation": expression, "seconds": 1.0}
+        pareto.add_trial(create_trial(values=[score, cost], user_attrs=attrs))
+    pareto.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"activation": "abs(x)"}))
+
+    loss = optuna.create_study(storage=url, study_name="loss", direction="minimize")
+    loss.set_user_attr(SETTINGS_ATTR, settings)
+    for expression, score in LOSSES:
+        loss.add_trial(create_trial(value=score, user_attrs={"activation": expression}))
+    for study in (pareto, loss):
+        sampler.embedding(study)  # the map, stored with the study as `optimize` stores it
+
+    registered = optuna.create_study(storage=url, study_name="registered", direction="maximize")
+    for expression, score in [("myop(x)", 0.9), ("relu(x)", 0.8)]:
+        registered.add_trial(create_trial(value=score, user_attrs={"activation": expression}))
+
+    three = optuna.create_study(storage=url, study_name="three", directions=["maximize"] * 3)
+    three.add_trial(create_trial(values=[1.0, 2.0, 3.0], user_attrs={"activation": "relu(x)"}))
+    return url
+
+
+def invoke(storage: str, study: str, *args: str):
+    """Run the app in this process on ``study``; the result of a command that succeeded."""
+    result = CliRunner().invoke(app, [*args, "--storage", storage, "--study", study])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def as_json(storage: str, study: str, *args: str):
+    return json.loads(invoke(storage, study, *args, "--json").stdout)
+
+
+def test_top_of_a_cost_study_by_score_and_by_cost(storage):
+    by_score = as_json(storage, "pareto", "top")
+    assert [row["score"] for row in by_score] == [0.95, 0.90, 0.90, 0.85, 0.80, 0.70]
+    by_cost = as_json(storage, "pareto", "top", "--by", "cost", "-n", "4")
+    # Cheapest first; swish before softsign, same cost, for its better score.
+    assert [row["expression"] for row in by_cost] == [e for e, _, _ in PARETO[:4]]
+    assert [row["cost"] for row in by_cost] == [1.0, 1.2, 1.7, 1.7]
+    assert [row["rank"] for row in by_cost] == [1, 2, 3, 4]
+    assert {"trial", "expression", "score", "params", "seconds", "equivalents"} < set(by_cost[0])
+
+    table = invoke(storage, "pareto", "top", "--by", "cost").stdout
+    assert "Cheapest functions of pareto" in table and "1.7x" in table
+    assert table.index("relu(x)") < table.index("tanh(x)") < table.index("mul(x,tanh(x))")
+
+
+def test_top_of_a_single_objective_study_measures_the_costs(storage):
+    by_score = as_json(storage, "loss", "top")
+    assert [row["expression"] for row in by_score] == ["swish(x)", "tanh(x)", "relu(x)", "cosh(x)"]
+    costs = {row["expression"]: row["cost"] for row in by_score}
+    assert all(cost > 0 for cost in costs.values()), costs
+    assert RELU_COST[0] < costs["relu(x)"] < RELU_COST[1], costs
+
+    by_cost = as_json(storage, "loss", "top", "--by", "cost")
+    assert sorted(row["expression"] for row in by_cost) == sorted(costs)
+    listed = [row["cost"] for row in by_cost]
+    assert listed == sorted(listed)
+    assert "Best functions of loss" in invoke(storage, "loss", "top").stdout
+
+
+def test_unknown_cost_is_listed_last_and_shown_as_a_dash(storage):
+    by_cost = as_json(storage, "registered", "top", "--by", "cost")
+    assert [(row["expression"], row["cost"] is None) for row in by_cost] == [
+        ("relu(x)", False),
+        ("myop(x)", True),
+    ]
+    table = invoke(storage, "registered", "top").stdout
+    assert "myop(x)" in table and " - " in table
+
+
+def test_best_of_a_cost_study_is_its_pareto_front(storage):
+    record = as_json(storage, "pareto", "best")
+    assert set(record) == {"study", "directions", "front"}
+    assert record["directions"] == ["maximize", "minimize"]
+    front = record["front"]
+    assert [row["expression"] for row in front] == FRONT
+    assert [(row["score"], row["cost"]) for row in front] == [
+        (s, c) for e, s, c in PARETO if e in FRONT
+    ]
+    study = optuna.load_study(study_name="pareto", storage=storage)
+    assert {row["trial"] for row in front} == {t.number for t in study.best_trials}
+
+    table = invoke(storage, "pareto", "best").stdout
+    assert "Pareto front of pareto" in table
+    assert all(expression in table for expression in FRONT)
+    assert "sigmoid(x)" not in table and "softsign(x)" not in table
+
+
+def test_best_of_a_single_objective_study_adds_its_cost(storage):
+    record = as_json(storage, "loss", "best")
+    assert record["direction"] == "minimize"
+    assert record["expression"] == "swish(x)" and record["score"] == 0.20
+    assert record["cost"] > 0
+    assert "cost" in invoke(storage, "loss", "best").stdout
+
+
+def test_status_of_both_kinds(storage):
+    pareto = as_json(storage, "pareto", "status")
+    assert pareto["direction"] == "maximize"
+    assert pareto["directions"] == ["maximize", "minimize"]
+    assert pareto["front_size"] == len(FRONT)
+    assert pareto["best"]["expression"] == "mul(x,tanh(x))" and pareto["best"]["cost"] == 4.0
+    assert pareto["trials"]["complete"] == len(PARETO) and pareto["trials"]["fail"] == 1
+    shown = invoke(storage, "pareto", "status").stdout
+    assert "maximize score, minimize cost" in shown and "Pareto front" in shown
+
+    loss = as_json(storage, "loss", "status")
+    assert loss["directions"] == ["minimize"] and loss["front_size"] is None
+    assert loss["best"]["expression"] == "swish(x)"
+    assert "Pareto front" not in invoke(storage, "loss", "status").stdout
+
+
+def test_more_than_two_objectives_is_a_clear_error(storage):
+    for view in ("top", "best", "status"):
+        result = CliRunner().invoke(app, [view, "--storage", storage, "--study", "three"])
+        assert result.exit_code == 1, result.output
+        assert "has the objectives [" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("study", ["pareto", "loss"])
+def test_plot_writes_score_against_cost(storage, study, tmp_path):
+    written = invoke(storage, study, "plot", "--out", str(tmp_path)).stdout
+    kinds = ("map", "history", "cost")
+    names = [f"{study}_{kind}.{suffix}" for kind in kinds for suffix in ("png", "html")]
+    for name in names:
+        path = tmp_path / name
+        assert path.is_file() and path.stat().st_size > 0, name
+    assert written.count("wrote ") == len(names)
+    with Image.open(tmp_path / f"{study}_cost.png") as image:
+        image.verify()
+    html = (tmp_path / f"{study}_cost.html").read_text()
+    assert "Pareto front" in html and '"type":"log"' in html and "relu(x)" in html
+
+
+def test_cost_plots_need_no_map(storage, tmp_path):
+    study = optuna.load_study(study_name="registered", storage=storage)
+    paths = write_cost_plots(study, tmp_path / "plots")
+    assert [path.name for path in paths] == ["registered_cost.png", "registered_cost.html"]
+    assert all(path.stat().st_size > 0 for path in paths)
+    # The function of unknown cost is left out; relu, the only one left, is the front.
+    assert "myop(x)" not in paths[1].read_text()
+
+
+def test_cost_plots_of_a_study_without_a_completed_trial(tmp_path):
+    study = optuna.create_study(study_name="empty", directions=["maximize", "minimize"])
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"activation": "relu(x)"}))
+    paths = write_cost_plots(study, tmp_path)
+    assert all(path.stat().st_size > 0 for path in paths)
