@@ -142,9 +142,9 @@ FRONT_SAMPLERS = {
     "front-aquasurf": _aquasurf(),
     "front-random": lambda c, s: optuna.samplers.RandomSampler(seed=s),
     "front-tpe": lambda c, s: optuna.samplers.TPESampler(seed=s),
+    # With one parameter, its mutation (probability 1 / parameters) redraws every child's at
+    # random, with its independent sampler: it draws what Random draws, at any population size.
     "front-nsga2": lambda c, s: optuna.samplers.NSGAIISampler(seed=s),
-    # Its first generation of 50 is random: with 10, it evolves 4 generations in 50 trials.
-    "front-nsga2-10": lambda c, s: optuna.samplers.NSGAIISampler(population_size=10, seed=s),
 }
 
 
