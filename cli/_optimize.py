@@ -57,7 +57,7 @@ def build_sampler(
     user: UserFile, seed: int, device, settings: SearchSettings | None = None
 ) -> AquaSurfSampler:
     """The sampler of the model file: its SPACE, a Fisher probe with ``fisher_batch()``, and
-    the ``--prior`` and ``--max-cost`` of ``settings``.
+    the ``--prior`` and ``--max-cost`` of ``settings``; costs are measured on ``device``.
 
     Raises
     ------
@@ -71,6 +71,7 @@ def build_sampler(
             seed=seed,
             prior=settings.prior if settings else (),
             max_cost=settings.max_cost if settings else None,
+            cost_device=str(device),
         )
     except ValueError as error:
         raise UserError(str(error)) from None

@@ -96,20 +96,33 @@ def estimated_cost(expression: str | Expression) -> float:
 def stored_costs(
     store: Store,
     expressions: Sequence[str],
+    device: str | torch.device = "cpu",
     measure: Callable[[Sequence[str]], np.ndarray] | None = None,
 ) -> np.ndarray:
-    """The costs of ``expressions``, measured once (on the CPU by :func:`measure_costs`, or by
-    ``measure``) and kept in ``store``, so that every worker and resumed run of a study uses
-    the same."""
-    identity = "\n".join([f"cpu1|float32|{COST_ELEMENTS}", *expressions])
+    """The costs of ``expressions`` on ``device`` (float32), measured once by
+    :func:`measure_costs` (or ``measure``) and kept in ``store`` per kind of device, so that
+    every worker and resumed run of a study on that kind uses the same."""
+    identity = "\n".join([f"{device_kind(device)}|float32|{COST_ELEMENTS}", *expressions])
     key = hashlib.sha256(identity.encode()).hexdigest()
-    return store.compute_once("costs", key, lambda: [(measure or measure_costs)(expressions)])[0]
+    measure = measure or functools.partial(measure_costs, device=device)
+    return store.compute_once("costs", key, lambda: [measure(expressions)])[0]
+
+
+def device_kind(device: str | torch.device) -> str:
+    """What a cost measured on ``device`` holds for: ``"cpu1"`` (one thread of any CPU), or the
+    name of the accelerator (``torch.cuda.get_device_name``)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return "cpu1"
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
 
 
 @functools.lru_cache(maxsize=4096)
-def measured_cost(expression: str) -> float:
-    """The measured cost of one function on the CPU (float32), measured once per process."""
-    return float(measure_costs([expression])[0])
+def measured_cost(expression: str, device: str = "cpu") -> float:
+    """The measured cost of one function on ``device`` (float32), measured once per process."""
+    return float(measure_costs([expression], device)[0])
 
 
 def measure_costs(

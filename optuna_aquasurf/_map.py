@@ -22,6 +22,8 @@ from optuna_aquasurf._space import SearchSpace
 from optuna_aquasurf._store import Store
 
 if TYPE_CHECKING:
+    import torch
+
     from optuna_aquasurf.features import FisherProbe
 
 #: Functions whose Fisher features are computed, stored and shared together.
@@ -251,16 +253,16 @@ class SpaceMap:
                     self._locations[expression] = (self._nearest(expression), False)
             return self._locations[expression]
 
-    def costs(self, store: Store) -> np.ndarray:
+    def costs(self, store: Store, device: str | torch.device = "cpu") -> np.ndarray:
         """Every function's cost, that of its expression in :attr:`SearchSpace.expressions`
-        (see :mod:`optuna_aquasurf._cost`): measured on the CPU once per space and kept in
-        ``store`` (about 20 s for the paper space); estimated from its operators in a space of
-        more than :data:`MEASURED_COSTS_UP_TO` functions."""
+        (see :mod:`optuna_aquasurf._cost`): measured on ``device`` once per space and kind of
+        device and kept in ``store`` (about 20 s for the paper space on the CPU); estimated
+        from its operators in a space of more than :data:`MEASURED_COSTS_UP_TO` functions."""
         from optuna_aquasurf._cost import estimated_cost, stored_costs
 
         expressions = self.space.expressions
         if len(expressions) <= MEASURED_COSTS_UP_TO:
-            return stored_costs(store, expressions)
+            return stored_costs(store, expressions, device)
         with self._lock:
             if self._estimated_costs is None:
                 self._estimated_costs = np.array([estimated_cost(e) for e in expressions])

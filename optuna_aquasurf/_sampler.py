@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
+import torch
 from optuna.samplers import BaseSampler, TPESampler
 from optuna.trial import FrozenTrial, TrialState
 
@@ -102,9 +103,12 @@ class AquaSurfSampler(BaseSampler):
         ``prior``, ``baselines=()`` starts from the prior's best functions instead.
     max_cost
         Never suggest a function whose cost is above this: the forward and backward time of
-        the expression suggested, over relu's, on the CPU (see :meth:`SpaceMap.costs`;
-        measured once per space, about 20 s for the paper space, and kept with the study).
-        Baselines above it are skipped with a warning.
+        the expression suggested, over relu's, on ``cost_device`` (see
+        :meth:`SpaceMap.costs`; measured once per space, about 20 s for the paper space on the
+        CPU, and kept with the study). Baselines above it are skipped with a warning.
+    cost_device
+        Where costs are measured (for ``max_cost`` and studies of score and cost): ``"cpu"``
+        (one thread) or an accelerator such as ``"cuda"``; kept per kind of device.
     prior
         Earlier searches to start from: :class:`optuna.Study` objects (any storage, either
         direction), ``"STUDY@STORAGE_URL"`` strings, or bundled tables
@@ -168,6 +172,7 @@ class AquaSurfSampler(BaseSampler):
         baselines: Sequence[str] = DEFAULT_BASELINES,
         prior: Sequence[Source] = (),
         max_cost: float | None = None,
+        cost_device: str = "cpu",
         surrogate: str = "features",
         acquisition: str = "ucb",
         n_design: int = 0,
@@ -193,6 +198,12 @@ class AquaSurfSampler(BaseSampler):
         check_map_options(probe, use_outputs, map_key, fisher_budget)
         if max_cost is not None and not max_cost > 0:
             raise ValueError(f"max_cost must be a positive number, got {max_cost}")
+        try:
+            torch.device(cost_device)
+        except (RuntimeError, TypeError):
+            raise ValueError(
+                f"cost_device: no device {cost_device!r} (cpu, cuda, cuda:N)"
+            ) from None
         if isinstance(prior, str | optuna.Study):
             prior = [prior]
         for source in prior:
@@ -204,6 +215,7 @@ class AquaSurfSampler(BaseSampler):
         self._baselines = [canonical(b) for b in baselines]
         self._prior = list(prior)
         self._max_cost = max_cost
+        self._cost_device = str(cost_device)
         self._warned_baselines: set[str] = set()
         self._costs: dict[str, np.ndarray] = {}
         self._surrogate = surrogate
@@ -386,8 +398,8 @@ class AquaSurfSampler(BaseSampler):
         return list(read_source(source, self.space_map.find, name))
 
     def _study_key(self, study: optuna.Study, name: str) -> str:
-        """What a study's prior and costs depend on (besides the sources): the study and the
-        space."""
+        """What a study's prior and costs depend on (besides the sources and the device): the
+        study and the space."""
         return f"{study.study_name}\n{study._study_id}\n{self.space.fingerprint}\n{name}"
 
     def _choose(self, study: optuna.Study, trial: optuna.Trial, name: str) -> str:
@@ -422,11 +434,11 @@ class AquaSurfSampler(BaseSampler):
             key = self._study_key(study, name="")
             if key not in self._costs:
                 store = self._store(study)
-                costs = self.space_map.costs(store).copy()
+                costs = self.space_map.costs(store, self._cost_device).copy()
                 baselines = self._baseline_names()
                 names = list(baselines.values())
                 if names:
-                    costs[list(baselines)] = stored_costs(store, names)
+                    costs[list(baselines)] = stored_costs(store, names, self._cost_device)
                 self._costs[key] = costs
             return self._costs[key]
 
@@ -441,7 +453,7 @@ class AquaSurfSampler(BaseSampler):
             function, self.space[function].expression
         ):
             return float(self.costs(study)[function])
-        return measured_cost(canonical(expression))
+        return measured_cost(canonical(expression), self._cost_device)
 
     def knows_costs(self, study: optuna.Study) -> bool:
         """Whether ``study`` needs the cost of every function: with ``max_cost``, or when it

@@ -287,6 +287,7 @@ def test_a_worker_command_gives_the_worker_the_searchs_settings(monkeypatch):
         max_retry=3,
         prior=("old@sqlite:///old.db", "act-bench-digits:cnn"),
         max_cost=1.5,
+        objectives="score,cost",
     )
     command = worker_command(Path("fast.py"), settings, "fast")
     seen = {}

@@ -74,3 +74,19 @@ def test_a_space_too_large_to_time_gets_the_estimates(monkeypatch):
     space = SearchSpace.from_expressions(["relu(x)", "sinh(x)", "max(x,tanh(x))"])
     costs = _map.SpaceMap(space).costs(MemoryStore())
     assert costs.tolist() == [estimated_cost(e) for e in space.expressions]
+
+
+def test_costs_are_kept_per_kind_of_device():
+    from optuna_aquasurf._cost import device_kind, stored_costs
+    from optuna_aquasurf._store import MemoryStore
+
+    store = MemoryStore()
+    names = ["relu(x)", "mul(x,tanh(erf(x)))"]  # kept process-wide: names no other test uses
+    cpu = stored_costs(store, names, "cpu", measure=lambda e: np.array([1.0, 7.0]))
+    other = stored_costs(store, names, "meta", measure=lambda e: np.array([1.0, 3.0]))
+    assert cpu.tolist() == [1.0, 7.0] and other.tolist() == [1.0, 3.0]
+    again = stored_costs(store, names, "cpu", measure=lambda e: 1 / 0)  # kept: not measured
+    assert again.tolist() == [1.0, 7.0]
+    assert device_kind("cpu") == device_kind(torch.device("cpu")) == "cpu1"
+    with pytest.raises(ValueError, match="cost_device: no device 'gpu'"):
+        AquaSurfSampler(cost_device="gpu")
