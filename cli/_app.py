@@ -32,6 +32,11 @@ app = typer.Typer(
 )
 
 
+class Objectives(str, enum.Enum):
+    score = "score"
+    score_cost = "score,cost"
+
+
 class Pruner(str, enum.Enum):
     median = "median"
     hyperband = "hyperband"
@@ -131,9 +136,18 @@ def optimize(
         typer.Option(
             min=0,
             help="Only functions whose forward and backward pass costs at most this many relu "
-            "passes (on the CPU; measured once per space, kept with the study).",
+            "passes (on the training device, one thread on a CPU; measured once per space and "
+            "kind of device, kept with the study).",
         ),
     ] = None,
+    objectives: Annotated[
+        Objectives,
+        typer.Option(
+            help="score: the best function. score,cost: the front of score against cost "
+            "(forward and backward time over relu's, on the training device), a study of two "
+            "objectives whose front `aquasurf best` lists; no pruning.",
+        ),
+    ] = Objectives.score,
     worker: Annotated[str | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Search activation functions for the model in FILE, or resume that search.
@@ -157,6 +171,7 @@ def optimize(
         max_retry=max_retry,
         prior=tuple(prior or ()),
         max_cost=max_cost,
+        objectives=objectives.value,
     )
     if workers == 1:
         run(file, settings, worker)
@@ -167,7 +182,8 @@ def optimize(
 @app.command()
 @_command
 def status(storage: Storage = DEFAULT_STORAGE, study: StudyName = None, json: Json = False):
-    """Trials by state, progress and the best function of a study."""
+    """Trials by state, progress and the best function of a study (and the size of the Pareto
+    front of a (score, cost) study)."""
     from optuna_aquasurf.cli import _views
     from optuna_aquasurf.cli._storage import load_study
 
@@ -178,12 +194,23 @@ def status(storage: Storage = DEFAULT_STORAGE, study: StudyName = None, json: Js
 @app.command()
 @_command
 def best(storage: Storage = DEFAULT_STORAGE, study: StudyName = None, json: Json = False):
-    """The best activation function of a study and its score."""
+    """The best activation function of a study, its score and cost; in a (score, cost) study
+    the Pareto front: each function with a better score than every cheaper one."""
     from optuna_aquasurf.cli import _views
     from optuna_aquasurf.cli._storage import load_study
 
-    record = _views.best_record(load_study(storage, study))
-    _views.print_json(record) if json else _views.print_best(console, record)
+    loaded = load_study(storage, study)
+    if _views.is_cost_study(loaded):
+        record = _views.front_record(loaded)
+        _views.print_json(record) if json else _views.print_front(console, record)
+    else:
+        record = _views.best_record(loaded)
+        _views.print_json(record) if json else _views.print_best(console, record)
+
+
+class TopOrder(str, enum.Enum):
+    score = "score"
+    cost = "cost"
 
 
 @app.command()
@@ -192,18 +219,24 @@ def top(
     storage: Storage = DEFAULT_STORAGE,
     study: StudyName = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Number of functions.")] = 10,
+    by: Annotated[
+        TopOrder,
+        typer.Option(help="Best score first, or cheapest first (equal costs by score)."),
+    ] = TopOrder.score,
     json: Json = False,
 ):
-    """The best functions of a study, with their scores and equivalent names."""
+    """The best functions of a study, with their scores, costs (in relu passes: forward and
+    backward time over relu's, on the CPU) and equivalent names."""
     from optuna_aquasurf.cli import _views
     from optuna_aquasurf.cli._storage import load_study
 
     loaded = load_study(storage, study)
-    rows = _views.top(loaded, limit)
+    rows = _views.top(loaded, limit, by=by.value)
     if json:
         _views.print_json(rows)
     elif rows:
-        _views.print_top(console, rows, f"Best functions of {loaded.study_name}")
+        which = "Best" if by == TopOrder.score else "Cheapest"
+        _views.print_top(console, rows, f"{which} functions of {loaded.study_name}")
     else:
         err_console.print(f"Study {escape(loaded.study_name)} has no completed trial yet.")
 
@@ -226,11 +259,14 @@ def plot(
     out: Annotated[Path, typer.Option(help="Folder of the plots.")] = Path("aquasurf_plots"),
     device: Annotated[str, typer.Option(help="Where the map is computed if missing.")] = "auto",
 ):
-    """Plot the map of the space and the best-so-far curve (PNG and interactive HTML).
+    """Plot the map of the space, the best-so-far curve and score against cost (PNG and
+    interactive HTML).
 
     The map shows every function of the space, coloured by its predicted score, and the
-    trained ones, coloured by their measured score. The map stored with the study is used;
-    FILE is needed only to compute a map that is not stored yet (it depends on your model).
+    trained ones, coloured by their measured score. Score against cost shows the trained
+    functions and the Pareto front: the best score for its cost. The map stored with the study
+    is used; FILE is needed only to compute a map that is not stored yet (it depends on your
+    model).
     """
     import optuna
 
@@ -286,12 +322,15 @@ def export(
         )
     else:
         origin = "Exported by `aquasurf export`."
-    write_module(out, expression, origin)
-    console.print(f"wrote {escape(str(out))}: {escape(expression)}")
+    cost = write_module(out, expression, origin)
+    console.print(
+        f"wrote {escape(str(out))}: {escape(expression)}, cost {cost:.3g} relu passes (CPU)"
+    )
     console.print(
         f"Use it:  from {out.stem} import Activation   (needs only torch; put the file next "
         "to your code)\n"
         f"         nn.Sequential(..., Activation(), ...)  or, in an existing model,\n"
-        f"         swap_activations(model, Activation())  (optuna_aquasurf.integrations)",
+        f"         swap_activations(model, Activation())  (optuna_aquasurf.integrations)\n"
+        "         Activation() is fused by torch.compile; Activation(fused=False) is not",
         soft_wrap=True,
     )
