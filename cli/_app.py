@@ -315,17 +315,15 @@ def export(
         from optuna_aquasurf.cli._views import best_record
 
         record = best_record(load_study(storage, study))
-        expression = record["expression"]
+        expression, cost = record["expression"], record["cost"]  # the study's, in its front
         origin = (
             f"Study {record['study']!r}, trial {record['trial']}: score {record['score']:.6g} "
             f"({record['direction']})."
         )
     else:
-        origin = "Exported by `aquasurf export`."
-    cost = write_module(out, expression, origin)
-    console.print(
-        f"wrote {escape(str(out))}: {escape(expression)}, cost {cost:.3g} relu passes (CPU)"
-    )
+        origin, cost = "Exported by `aquasurf export`.", None
+    cost = write_module(out, expression, origin, cost)
+    console.print(f"wrote {escape(str(out))}: {escape(expression)}, cost {cost:.3g} relu passes")
     console.print(
         f"Use it:  from {out.stem} import Activation   (needs only torch; put the file next "
         "to your code)\n"

@@ -71,8 +71,8 @@ per process for all modules); ``Activation(fused=False)`` runs it one torch call
 Where ``torch.compile`` cannot work (no C++ compiler, an unsupported Python), the fused path warns
 once and runs the plain function.
 
-COST = {cost:.3g}: a forward and backward pass of ``activation`` (unfused, CPU, float32, measured
-at export) takes {cost:.3g} times as long as relu's.
+COST = {cost:.3g}: a forward and backward pass of ``activation`` (unfused, float32, one CPU thread
+unless its study measured costs on another device) takes {cost:.3g} times as long as relu's.
 """
 
 import warnings
@@ -81,7 +81,7 @@ import torch
 {functional}from torch import nn
 
 EXPRESSION = "{expression}"
-#: Forward and backward time of ``activation`` over relu's (CPU, float32, measured at export).
+#: Forward and backward time of ``activation`` over relu's (unfused, float32).
 COST = {cost:.3g}
 
 
@@ -194,18 +194,20 @@ def module_source(expression: str, module: str, origin: str, cost: float) -> str
     )
 
 
-def write_module(path: Path, expression: str, origin: str) -> float:
-    """Write the module file of ``expression`` to ``path`` (a ``.py`` file).
+def write_module(path: Path, expression: str, origin: str, cost: float | None = None) -> float:
+    """Write the module file of ``expression`` to ``path`` (a ``.py`` file), with ``cost`` (the
+    one its study knows) or, without it, the cost measured now on the CPU
+    (:func:`optuna_aquasurf._cost.measured_cost`).
 
     Returns
     -------
     float
-        The function's cost written as ``COST``: its forward and backward time over relu's on
-        the CPU, float32 (:func:`optuna_aquasurf._cost.measured_cost`).
+        The function's cost written as ``COST``: its forward and backward time over relu's.
     """
     if path.suffix != ".py" or not path.stem.isidentifier():
         raise UserError(f"--out {path}: give a .py file name that is a Python identifier.")
-    cost = measured_cost(str(_parse(expression)))
+    if cost is None:
+        cost = measured_cost(str(_parse(expression)))
     source = module_source(expression, path.stem, origin, cost)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(source)

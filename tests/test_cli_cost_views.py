@@ -202,3 +202,10 @@ def test_cost_plots_of_a_study_without_a_completed_trial(tmp_path):
     study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"activation": "relu(x)"}))
     paths = write_cost_plots(study, tmp_path)
     assert all(path.stat().st_size > 0 for path in paths)
+
+
+def test_export_of_a_study_of_score_and_cost_writes_the_cost_it_knows(storage, tmp_path):
+    out = tmp_path / "cheap_act.py"
+    printed = invoke(storage, "pareto", "export", "--out", str(out)).stdout
+    assert "mul(x,tanh(x)), cost 4 relu passes" in printed  # the best score, its stored cost
+    assert "\nCOST = 4\n" in out.read_text()
