@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 
 #: Elements of the tensor a cost is measured on.
 COST_ELEMENTS = 2**16
-#: Timings of each function; the fastest counts (with 5 rather than 3, two measurements beside
-#: another busy process agree within 9% for 95% of functions, rather than 22%).
+#: Timings of each function; the fastest counts (5 rather than 3: measurements beside another
+#: busy process agree better).
 COST_REPEATS = 5
 #: Functions timed between two timings of relu (the reference follows the machine's load).
 RELU_EVERY = 64
