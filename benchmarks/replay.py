@@ -162,11 +162,8 @@ def _paper_space() -> SearchSpace:
 def _front_names() -> list[str]:
     """Each function of the paper space under the name the default sampler gives it: a
     baseline's own spelling, else the space's expression."""
-    space = _paper_space()
-    names = list(space.expressions)
-    for baseline in DEFAULT_BASELINES:
-        names[space.find_equivalent(baseline)] = baseline
-    return names
+    sampler = AquaSurfSampler(_paper_space())
+    return [sampler.name_of(function) for function in range(len(sampler.space))]
 
 
 @functools.lru_cache(maxsize=1)

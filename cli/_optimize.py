@@ -115,10 +115,16 @@ class SearchSettings:
     max_cost: float | None = None
     objectives: str = "score"
 
+    @property
+    def with_cost(self) -> bool:
+        """Whether the study minimises the cost as its second objective
+        (``--objectives score,cost``)."""
+        return self.objectives == "score,cost"
+
     def directions(self, score_direction: str) -> list[str]:
         """The study's directions: the score's (the model file's ``DIRECTION``), then with
         ``--objectives score,cost`` the cost's."""
-        return [score_direction] + (["minimize"] if self.objectives == "score,cost" else [])
+        return [score_direction] + (["minimize"] if self.with_cost else [])
 
 
 def open_study(path: Path, settings: SearchSettings) -> tuple[UserFile, optuna.Study]:
@@ -204,7 +210,7 @@ def describe(study: optuna.Study, user: UserFile, settings: SearchSettings, wher
         f"Study [bold]{study.study_name}[/] in {masked(settings.storage_url)}: {done} of "
         f"{settings.n_trials} "
         f"trials done ({user.direction}"
-        + (", cost minimised" if settings.objectives == "score,cost" else "")
+        + (", cost minimised" if settings.with_cost else "")
         + f"). Model {user.path} on {where}; "
         f"{len(study.sampler.space):,} functions"
         + (", Fisher features of the model" if user.fisher_batch else "")
@@ -310,7 +316,7 @@ def _search(study, user, device, settings: SearchSettings, progress, background=
             settings.seed,
             on_choose=on_choose,
             on_start=progress.started,
-            with_cost=settings.objectives == "score,cost",
+            with_cost=settings.with_cost,
         )
 
         def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_aquasurf import AquaSurfSampler
@@ -19,7 +18,7 @@ from optuna_aquasurf.cli._views import (
     completed_trials,
     cost_front,
     cost_of,
-    is_cost_study,
+    score_is_maximized,
     score_of,
 )
 
@@ -73,7 +72,7 @@ def write_plots(study: optuna.Study, sampler: AquaSurfSampler, folder: Path) -> 
         When matplotlib or plotly is missing, or the study has more than two objectives.
     """
     _check_plot_libraries()
-    maximize = _maximizes_score(study)
+    maximize = score_is_maximized(study)
     coords = sampler.embedding(study)
     predicted = sampler.predict(study)
     evaluated = _evaluated(study, sampler, coords)
@@ -96,7 +95,7 @@ def write_cost_plots(study: optuna.Study, folder: Path) -> list[Path]:
     cost) as a step line through its highlighted trials, and relu's trials as stars. Needs
     matplotlib and plotly (:func:`write_plots` checks).
     """
-    maximize = _maximizes_score(study)
+    maximize = score_is_maximized(study)
     points = Costed.of([t for t in completed_trials(study) if cost_of(t) is not None])
     front = Costed.of(cost_front(study))
     relu = Costed.of([t for t in completed_trials(study) if t.user_attrs.get("activation") == RELU])
@@ -105,18 +104,6 @@ def write_cost_plots(study: optuna.Study, folder: Path) -> list[Path]:
     _cost_png(paths[0], study.study_name, points, front, relu, maximize)
     _cost_html(paths[1], study.study_name, points, front, relu, maximize)
     return paths
-
-
-def _maximizes_score(study: optuna.Study) -> bool:
-    """Whether the study maximizes its score (its first objective).
-
-    Raises
-    ------
-    UserError
-        For a study of more than two objectives.
-    """
-    is_cost_study(study)
-    return study.directions[0] == StudyDirection.MAXIMIZE
 
 
 def _stem(study: optuna.Study, folder: Path) -> Path:

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.markup import escape
@@ -36,6 +35,20 @@ SETTINGS_ATTR = "aquasurf"
 OBJECTIVES = ("score", "cost")
 
 
+def score_is_maximized(study: optuna.Study) -> bool:
+    """Whether ``study`` maximizes its score (its first objective).
+
+    Raises
+    ------
+    UserError
+        For a study of other objectives, which aquasurf did not create.
+    """
+    try:
+        return maximizes_score(study)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+
 def is_cost_study(study: optuna.Study) -> bool:
     """Whether ``study`` has the two objectives (score, cost); False when it has the score alone.
 
@@ -44,10 +57,7 @@ def is_cost_study(study: optuna.Study) -> bool:
     UserError
         For a study of other objectives, which aquasurf did not create.
     """
-    try:
-        maximizes_score(study)
-    except ValueError as error:
-        raise UserError(str(error)) from None
+    score_is_maximized(study)
     return has_cost_objective(study)
 
 
@@ -92,7 +102,7 @@ def cost_front(study: optuna.Study) -> list[FrozenTrial]:
 
 def _score_order(study: optuna.Study) -> Callable[[FrozenTrial], float]:
     """A sort key of completed trials that puts the best score first (by the first direction)."""
-    sign = -1.0 if study.directions[0] == StudyDirection.MAXIMIZE else 1.0
+    sign = -1.0 if score_is_maximized(study) else 1.0
     return lambda trial: sign * score_of(trial)
 
 

@@ -416,8 +416,7 @@ class AquaSurfSampler(BaseSampler):
             for _ in range(2):
                 for function in self._ranking(study, trials, tried, available, name):
                     if self._claim(study, trial, function):
-                        names = self._baseline_names()
-                        return names.get(function, space[int(function)].expression)
+                        return self.name_of(int(function))
                 # The baselines left are all being tried by other workers: rank the rest.
                 available[list(self._baseline_names())] = False
             raise SpaceExhaustedError(
@@ -449,9 +448,7 @@ class AquaSurfSampler(BaseSampler):
         from optuna_aquasurf._cost import measured_cost
 
         function, exact = self.locate(expression)
-        if exact and expression == self._baseline_names().get(
-            function, self.space[function].expression
-        ):
+        if exact and expression == self.name_of(function):
             return float(self.costs(study)[function])
         return measured_cost(canonical(expression), self._cost_device)
 
@@ -483,6 +480,11 @@ class AquaSurfSampler(BaseSampler):
                     stacklevel=3,
                 )
         return self.costs(study) <= self._max_cost
+
+    def name_of(self, function: int) -> str:
+        """The expression this sampler suggests for the ``function``-th function of the space:
+        a baseline's own spelling, else the space's expression."""
+        return self._baseline_names().get(function, self.space[function].expression)
 
     def _baseline_names(self) -> dict[int, str]:
         """The baselines found in the space, by function, in order (spelled as given)."""
