@@ -287,3 +287,18 @@ def test_stacking_is_checked_and_falls_back():
         FisherProbe(_MixesSamples, x, y, bins=4, stack=3).features(expressions)
     with pytest.raises(ValueError, match="stack"):
         FisherProbe(_MixesSamples, x, y, stack=0)
+
+
+def test_a_builder_that_returns_no_module_says_what_it_got():
+    from optuna_aquasurf.integrations import swap_activations
+
+    x, targets = torch.randn(4, 3), torch.randn(4, 2)
+
+    def swapped(activation):
+        return swap_activations(_mlp(nn.ReLU()), activation, example_input=x)
+
+    with pytest.raises(TypeError, match=r"got tuple \(Sequential, SwapReport\)") as error:
+        FisherProbe(swapped, x, targets).features("tanh(x)")
+    assert "swap_activations returns (model, report)" in str(error.value)
+    with pytest.raises(TypeError, match=r"must return an nn\.Module, got str$"):
+        FisherProbe(lambda activation: "mlp", x, targets).features("tanh(x)")

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from optuna_aquasurf.features import DivergedError, kfac_eigenvalues
-from optuna_aquasurf.features._kfac import sample_targets
+from optuna_aquasurf.features._losses import sample_targets
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -307,11 +307,11 @@ def test_nothing_of_a_computation_stays_in_memory():
     each candidate's whole graph alive: gigabytes over a search space)."""
     import gc
 
-    from optuna_aquasurf.features import _kfac
+    from optuna_aquasurf.features._capture import FactorCapture
 
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
     inputs, targets = torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,))
     for _ in range(3):
         kfac_eigenvalues(model, inputs, targets)
     gc.collect()
-    assert not [o for o in gc.get_objects() if type(o) is _kfac._Capture]
+    assert not [o for o in gc.get_objects() if type(o) is FactorCapture]

@@ -5,10 +5,11 @@
   spectrum of the model's Fisher information (K-FAC) at initialization.
 """
 
+from optuna_aquasurf.features._diverged import DivergedError
 from optuna_aquasurf.features._fisher import fisher_features
 from optuna_aquasurf.features._kfac import kfac_eigenvalues
 from optuna_aquasurf.features._outputs import output_features
-from optuna_aquasurf.features._probe import DivergedError, FisherProbe
+from optuna_aquasurf.features._probe import FisherProbe
 
 __all__ = [
     "DivergedError",

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from optuna_aquasurf.features._kfac import LayerSpectrum, kfac_spectra
+from optuna_aquasurf.features._decompose import LayerSpectrum
+from optuna_aquasurf.features._kfac import kfac_spectra
+from optuna_aquasurf.features._settings import LossFunction, ProbeSettings
 
 #: Range of the histogram of log-eigenvalue sums; each factor's log-eigenvalues are clipped to half.
 LOG_RANGE = 100.0
@@ -34,7 +36,7 @@ def fisher_features(
     model: nn.Module,
     inputs: torch.Tensor | tuple[torch.Tensor, ...],
     targets: torch.Tensor,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    loss_fn: LossFunction | None = None,
     fisher: str = "empirical",
     bins: Bins = None,
     seed: int = 0,
@@ -68,7 +70,7 @@ def fisher_features(
     count as zeros, and log-eigenvalues are clipped to ``[-50, 50]`` (zeros become ``-50``), so
     every one of the ``num_weights`` sums falls in ``[-100, 100]``.
     """
-    spectra = kfac_spectra(model, inputs, targets, loss_fn, fisher, seed)
+    spectra = kfac_spectra(model, ProbeSettings(inputs, targets, loss_fn, fisher, seed))
     return spectra_features(spectra, bins)
 
 

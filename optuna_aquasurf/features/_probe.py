@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -11,23 +10,16 @@ from rich.progress import track
 from torch import nn
 
 from optuna_aquasurf._activation import ActivationFunction
-from optuna_aquasurf._expression import evaluate
+from optuna_aquasurf.features._decompose import LayerSpectrum, decompose_stacked
+from optuna_aquasurf.features._diverged import DivergedError
+from optuna_aquasurf.features._fingerprint import fingerprint
 from optuna_aquasurf.features._fisher import Bins, bin_count, layer_cdfs
-from optuna_aquasurf.features._kfac import (
-    FISHER_TYPES,
-    DivergedError,
-    LayerFactors,
-    LayerSpectrum,
-    decompose_stacked,
-    kfac_factors,
-    probed_layers,
-    stacked_kfac_factors,
-)
+from optuna_aquasurf.features._kfac import kfac_factors, probed_layers, stacked_kfac_factors
+from optuna_aquasurf.features._settings import LossFunction, ProbeSettings
+from optuna_aquasurf.features._stacking import activation_of, same_factors
 
-__all__ = ["DivergedError", "FisherProbe"]
+__all__ = ["FisherProbe"]
 
-#: Bumped whenever the features change for the same inputs; part of the fingerprint.
-FEATURE_VERSION = "fisher-kfac-cdf/2"
 #: The progress bar appears for more candidates than this.
 PROGRESS_MIN = 20
 #: Automatic stacking: at most this many activation outputs (elements) in one pass ...
@@ -50,8 +42,9 @@ class FisherProbe:
     ----------
     build_model
         ``build_model(activation) -> nn.Module``, given an
-        :class:`~optuna_aquasurf.ActivationFunction` module to place in the network. A top-level
-        function keeps the probe picklable.
+        :class:`~optuna_aquasurf.ActivationFunction` module to place in the network (with
+        ``swap_activations``, return the model of its ``(model, report)``). A top-level function
+        keeps the probe picklable.
     inputs, targets
         One batch and its labels (the first dimension of ``targets`` is the batch).
     loss_fn
@@ -76,6 +69,12 @@ class FisherProbe:
         (a model that mixes samples, or whose batch is not the first dimension), ``None`` falls
         back to one at a time and an explicit ``stack`` raises ``ValueError``. ``1``: one at a
         time.
+
+    Attributes
+    ----------
+    settings : ProbeSettings
+        ``inputs`` (a tuple), ``targets``, ``loss_fn``, ``fisher`` and ``seed``, the tensors on
+        the CPU.
 
     Notes
     -----
@@ -107,7 +106,7 @@ class FisherProbe:
         build_model: Callable[[nn.Module], nn.Module],
         inputs: torch.Tensor | tuple[torch.Tensor, ...],
         targets: torch.Tensor,
-        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        loss_fn: LossFunction | None = None,
         seed: int = 0,
         fisher: str = "empirical",
         bins: Bins = None,
@@ -115,16 +114,10 @@ class FisherProbe:
         progress: bool = True,
         stack: int | None = None,
     ):
-        if fisher not in FISHER_TYPES:
-            raise ValueError(f"fisher must be one of {FISHER_TYPES}, got {fisher!r}")
+        self.settings = ProbeSettings(inputs, targets, loss_fn, fisher, seed).to("cpu")
         if stack is not None and (not isinstance(stack, (int, np.integer)) or stack < 1):
             raise ValueError(f"stack must be a positive int or None, got {stack!r}")
         self.build_model = build_model
-        self.inputs = _to_cpu(inputs)
-        self.targets = targets.detach().cpu()
-        self.loss_fn = loss_fn
-        self.seed = seed
-        self.fisher = fisher
         self.bins = bins
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.progress = progress
@@ -186,21 +179,21 @@ class FisherProbe:
         expressions = [getattr(c, "expression", c) for c in space]
         matrix = np.empty((len(expressions), self.feature_length), dtype=np.float32)
         diverged = np.zeros(len(expressions), dtype=bool)
-        inputs, targets = _to(self.inputs, self.device), self.targets.to(self.device)
+        settings = self.settings.to(self.device)
         stack = self._stack_size() if len(expressions) > 1 else 1
         starts = range(0, len(expressions), stack)
         show = self.progress and len(expressions) > PROGRESS_MIN
         for start in track(starts, description="Fisher features", disable=not show):
             group = expressions[start : start + stack]
-            for i, row in enumerate(self._rows(group, inputs, targets), start):
+            for i, row in enumerate(self._rows(group, settings), start):
                 diverged[i] = row is None
                 matrix[i] = self._diverged_row() if row is None else row
         return (matrix, diverged) if return_diverged else matrix
 
-    def _rows(self, expressions: list[str], inputs, targets) -> list[np.ndarray | None]:
+    def _rows(self, expressions: list[str], settings: ProbeSettings) -> list[np.ndarray | None]:
         """Features of candidates computed in one pass, None for those that diverge."""
-        model = self._build(_activation(expressions))
-        candidates = decompose_stacked(self._factors(model, len(expressions), inputs, targets))
+        model = self._build(activation_of(expressions))
+        candidates = decompose_stacked(self._factors(model, len(expressions), settings))
         computed = list(self._computed_layers())
         finite = []
         for expression, spectra in zip(expressions, candidates):
@@ -229,17 +222,8 @@ class FisherProbe:
         """Name and bins of the layers whose CDF depends on the candidate (more than one bin)."""
         return {name: bins for name, _, bins in self.layers if bins > 1}
 
-    def _factors(self, model, stack: int, inputs, targets):
-        return stacked_kfac_factors(
-            model,
-            inputs,
-            targets,
-            stack,
-            self.loss_fn,
-            self.fisher,
-            self.seed,
-            self._computed_layers(),
-        )
+    def _factors(self, model: nn.Module, stack: int, settings: ProbeSettings):
+        return stacked_kfac_factors(model, settings, stack, self._computed_layers())
 
     def _stack_size(self) -> int:
         """Candidates per pass, once checked that stacking gives each its own factors."""
@@ -260,35 +244,29 @@ class FisherProbe:
 
     def _stacking_agrees(self) -> bool:
         """Whether :data:`STACK_CHECK` stacked in one pass get their factors one at a time."""
-        inputs, targets = _to(self.inputs, self.device), self.targets.to(self.device)
+        settings = self.settings.to(self.device)
         try:
             alone = [
-                kfac_factors(
-                    self._build(_activation([e])),
-                    inputs,
-                    targets,
-                    self.loss_fn,
-                    self.fisher,
-                    self.seed,
-                    self._computed_layers(),
-                )
+                kfac_factors(self._build(activation_of([e])), settings, self._computed_layers())
                 for e in STACK_CHECK
             ]
-            model = self._build(_activation(list(STACK_CHECK)))
-            stacked = self._factors(model, len(STACK_CHECK), inputs, targets)
+            model = self._build(activation_of(list(STACK_CHECK)))
+            stacked = self._factors(model, len(STACK_CHECK), settings)
         except Exception:  # noqa: BLE001 - a model that cannot be stacked is computed one at a time
             return False
-        return all(_same_factors(a, b) for a, b in zip(alone, stacked))
+        return all(same_factors(a, b) for a, b in zip(alone, stacked))
 
     def _build(self, activation: nn.Module) -> nn.Module:
         """``build_model(activation)`` after seeding; the caller's random state is kept."""
         cuda = self.device.type == "cuda"
         with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if cuda else []):
             if cuda:
-                torch.manual_seed(self.seed)
+                torch.manual_seed(self.settings.seed)
             else:  # torch.manual_seed would also queue a (slow) lazy seeding of CUDA
-                torch.random.default_generator.manual_seed(self.seed)
+                torch.random.default_generator.manual_seed(self.settings.seed)
             model = self.build_model(activation)
+        if not isinstance(model, nn.Module):
+            raise TypeError(_not_a_module(model))
         return model.to(self.device).eval()
 
     def _diverged_row(self) -> np.ndarray:
@@ -312,86 +290,21 @@ class FisherProbe:
         try:
             self._layers = [
                 (name, num_weights, bin_count(self.bins, num_weights))
-                for name, num_weights in probed_layers(model, _to(self.inputs, self.device))
+                for name, num_weights in probed_layers(model, self.settings.to(self.device))
             ]
         finally:
             for handle in handles:
                 handle.remove()
-        digest = hashlib.sha256(FEATURE_VERSION.encode())
-        for name, tensor in model.state_dict().items():
-            _update(digest, f"state {name}", tensor)
-        for tensor in self.inputs if isinstance(self.inputs, tuple) else (self.inputs,):
-            _update(digest, "input", tensor)
-        _update(digest, "targets", self.targets)
-        loss = "default" if self.loss_fn is None else _qualname(self.loss_fn)
-        digest.update(repr((self._layers, self.seed, self.fisher, loss)).encode())
-        self._fingerprint = digest.hexdigest()
+        self._fingerprint = fingerprint(model, self.settings, self._layers)
 
 
-class _StackedActivation(nn.Module):
-    """Activation ``k`` of ``activations`` on part ``k`` of the first dimension, in equal parts.
-
-    Where the parts are equal and need no gradient (before the first probed layer, the copies of
-    the batch are alike), what the candidates' expressions share is computed once.
-    """
-
-    def __init__(self, activations: list[ActivationFunction]):
-        super().__init__()
-        self.activations = nn.ModuleList(activations)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] % len(self.activations):
-            raise ValueError(
-                f"an input of shape {tuple(x.shape)} does not split into "
-                f"{len(self.activations)} candidates along its first dimension"
-            )
-        parts = x.chunk(len(self.activations))
-        if not x.requires_grad and all(torch.equal(parts[0], part) for part in parts[1:]):
-            memo = {}
-            outputs = [evaluate(act.tree, parts[0], memo) for act in self.activations]
-        else:
-            outputs = [act(part) for act, part in zip(self.activations, parts)]
-        return torch.cat(outputs)
-
-
-def _activation(expressions: list[str]) -> nn.Module:
-    """The activation module of one candidate, or the stacked one of several."""
-    activations = [ActivationFunction(e) for e in expressions]
-    return activations[0] if len(activations) == 1 else _StackedActivation(activations)
-
-
-def _same_factors(alone: list[LayerFactors], stacked: list[LayerFactors] | DivergedError) -> bool:
-    """Whether a candidate's stacked factors are its own (to float32 rounding)."""
-    if isinstance(stacked, DivergedError) or len(alone) != len(stacked):
-        return False
-    for a, b in zip(alone, stacked):
-        if (a.name, a.zeros_a, a.zeros_g) != (b.name, b.zeros_a, b.zeros_g):
-            return False
-        for x, y in ((a.a, b.a), (a.g, b.g)):
-            scale = float(x.abs().max()) if x.numel() else 0.0
-            if x.shape != y.shape or not torch.allclose(x, y, rtol=1e-4, atol=1e-5 * scale):
-                return False
-    return True
-
-
-def _update(digest, label: str, tensor: torch.Tensor) -> None:
-    tensor = tensor.detach().cpu()
-    digest.update(f"{label} {tuple(tensor.shape)} {tensor.dtype}".encode())
-    digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-
-
-def _qualname(fn: Callable) -> str:
-    name = getattr(fn, "__qualname__", type(fn).__qualname__)
-    return f"{getattr(fn, '__module__', type(fn).__module__)}.{name}"
-
-
-def _to_cpu(inputs):
-    if isinstance(inputs, (tuple, list)):
-        return tuple(t.detach().cpu() for t in inputs)
-    return inputs.detach().cpu()
-
-
-def _to(inputs, device: torch.device):
-    if isinstance(inputs, tuple):
-        return tuple(t.to(device) for t in inputs)
-    return inputs.to(device)
+def _not_a_module(built) -> str:
+    """What is wrong with a ``build_model`` that returned ``built``, not an ``nn.Module``."""
+    message = f"build_model(activation) must return an nn.Module, got {type(built).__name__}"
+    if isinstance(built, tuple) and built and isinstance(built[0], nn.Module):
+        parts = ", ".join(type(part).__name__ for part in built)
+        message += (
+            f" ({parts}): swap_activations returns (model, report); return just the model, "
+            "e.g. `return swap_activations(...)[0]`"
+        )
+    return message
