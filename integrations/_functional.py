@@ -2,7 +2,9 @@
 
 Only the innermost module whose ``forward`` makes the call is traced, with every submodule kept
 as an opaque ``call_module`` leaf. Each activation call becomes a call of a new child module
-(``functional_act0``, ``functional_act1``...). The generated ``forward`` is installed on a subclass
+(``functional_act0``, ``functional_act1``...), and every other call with ``inplace=True``
+(``F.dropout``, ``F.hardtanh``...) gets ``inplace=False``: it could overwrite what a new activation
+saved for its backward pass. The generated ``forward`` is installed on a subclass
 of the module's own class, assigned to that one instance: the model keeps its classes, methods
 (``forward_features``...), attributes and ``state_dict`` keys, unlike a ``torch.fx.GraphModule``.
 
@@ -41,7 +43,8 @@ def rewrite_functional(
     make_activation: Callable[[], nn.Module],
     classes: dict[tuple, type],
 ) -> list[tuple[str, str]]:
-    """Replace every functional activation in ``module.forward`` by a new child module.
+    """Replace every functional activation in ``module.forward`` by a new child module, and
+    switch off the ``inplace=True`` arguments of the other calls.
 
     Parameters
     ----------
@@ -80,6 +83,7 @@ def rewrite_functional(
         for name, node in zip(names, activation_nodes[mode]):
             sites.setdefault(name, _function_name(node))
             _replace_with_module(graph, node, name)
+        _switch_off_inplace(graph)
         graph.lint()
         _check_attributes(module, graph, set(names))
     for name in sites:
@@ -135,22 +139,50 @@ def _replace_with_module(graph: fx.Graph, node: fx.Node, target: str) -> None:
         new = graph.call_module(target, (source,))
     node.replace_all_uses_with(new)
     if _is_inplace(node) and isinstance(source, fx.Node):
-        # Code after an in-place activation reads the activated tensor through its input.
-        order = {n: i for i, n in enumerate(graph.nodes)}
-        for user in list(source.users):
-            if user is not new and order[user] > order[node]:
-                user.replace_input_with(source, new)
+        _read_result_after(graph, node, source, new)
     graph.erase_node(node)
+
+
+def _switch_off_inplace(graph: fx.Graph) -> None:
+    """Give ``inplace=False`` to every call with ``inplace=True``."""
+    for node in list(graph.nodes):
+        bound = _bind(node)
+        if bound is None or bound.arguments.get("inplace") is not True:
+            continue
+        bound.arguments["inplace"] = False
+        node.args, node.kwargs = bound.args, bound.kwargs
+        source = next(iter(bound.arguments.values()))
+        if isinstance(source, fx.Node):
+            _read_result_after(graph, node, source, node)
+
+
+def _read_result_after(graph: fx.Graph, node: fx.Node, source: fx.Node, result: fx.Node) -> None:
+    """Make the nodes after ``node`` read ``result`` instead of ``source``.
+
+    Code after an in-place call reads its result through its input ``source``; once the call is
+    out of place, that result is ``result``.
+    """
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    for user in list(source.users):
+        if user is not result and order[user] > order[node]:
+            user.replace_input_with(source, result)
+
+
+def _bind(node: fx.Node) -> inspect.BoundArguments | None:
+    """The arguments of a ``call_function`` node by name; None without a Python signature."""
+    if node.op != "call_function":
+        return None
+    try:
+        return inspect.signature(node.target).bind(*node.args, **node.kwargs)
+    except (TypeError, ValueError):  # builtins without a signature
+        return None
 
 
 def _is_inplace(node: fx.Node) -> bool:
     if _function_name(node).endswith("_"):
         return True
-    try:
-        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
-    except (TypeError, ValueError):  # builtins without a signature, methods
-        return bool(node.kwargs.get("inplace", False))
-    return bool(bound.arguments.get("inplace", False))
+    bound = _bind(node)
+    return bool((node.kwargs if bound is None else bound.arguments).get("inplace", False))
 
 
 def _check_attributes(module: nn.Module, graph: fx.Graph, new: set[str]) -> None:

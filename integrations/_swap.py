@@ -88,6 +88,13 @@ def swap_activations(
     With a parameter-free activation the swapped model's ``state_dict`` has the same keys, so
     checkpoints of the original load with ``strict=True``.
 
+    Every module of the swapped model with an ``inplace`` flag (``nn.Dropout``, ``nn.ReLU``,
+    timm's activations and gates...) gets ``inplace=False``, and so do the ``inplace=True``
+    arguments of the functional calls in the modules rewritten by torch.fx (see
+    :func:`find_activation_sites`): many activations (relu, sigmoid, tanh, exp...) save their
+    output for the backward pass, which an in-place operation after them would overwrite.
+    In-place tensor operations (``x += y``, ``x.mul_(2)``) are left as they are.
+
     Parameters
     ----------
     model
@@ -124,6 +131,7 @@ def swap_activations(
     3     GELU      replaced
     2 sites: 2 replaced
     """
+    _check_model(model, "swap_activations")
     sites = find_activation_sites(model, policy=policy, example_input=example_input)
     return sites.apply(model, activation, inplace=inplace)
 
@@ -158,7 +166,7 @@ class ActivationSites:
         self, model: nn.Module, activation: ActivationSpec, *, inplace: bool = False
     ) -> tuple[nn.Module, SwapReport]:
         """Put ``activation`` at the sites of ``model``, a model built like the one they were
-        found in.
+        found in, and switch off in-place operations as :func:`swap_activations` does.
 
         Parameters
         ----------
@@ -177,9 +185,12 @@ class ActivationSites:
 
         Raises
         ------
+        TypeError
+            When ``model`` is not an ``nn.Module``.
         ValueError
             When ``model`` is not built like the model the sites were found in.
         """
+        _check_model(model, "ActivationSites.apply")
         make = _activation_factory(activation)
         structure = _structure(model)
         if structure != self._structure:
@@ -203,6 +214,10 @@ class ActivationSites:
                 )
         for path, calls in self._calls:
             _split(model, path, calls, make)
+        # An in-place module after a new activation would overwrite what it saved for backward.
+        for module in model.modules():
+            if getattr(module, "inplace", None) is True:
+                module.inplace = False
         return model, self.report
 
 
@@ -250,6 +265,11 @@ def find_activation_sites(
     -------
     ActivationSites
 
+    Raises
+    ------
+    TypeError
+        When ``model`` is not an ``nn.Module``.
+
     Notes
     -----
     A module rewritten for its functional calls is not turned into a ``torch.fx.GraphModule``:
@@ -272,6 +292,7 @@ def find_activation_sites(
     >>> model[1]
     Tanh()
     """
+    _check_model(model, "find_activation_sites")
     policy = policy or SwapPolicy()
     structure = _structure(model)
     model = copy.deepcopy(model)
@@ -312,6 +333,17 @@ def find_activation_sites(
         _rewritten=tuple((path, tuple(names)) for path, names in children.items()),
         _calls=tuple(calls),
     )
+
+
+def _check_model(model: object, caller: str) -> None:
+    if isinstance(model, nn.Module):
+        return
+    hint = ""
+    if isinstance(model, tuple) and model and isinstance(model[0], nn.Module):
+        hint = " (did you pass the (model, report) pair of swap_activations?)"
+    elif callable(model):
+        hint = " (call it to build the model?)"
+    raise TypeError(f"{caller} needs an nn.Module, got {type(model).__name__}{hint}")
 
 
 def _activation_factory(activation: ActivationSpec) -> Callable[[], nn.Module]:

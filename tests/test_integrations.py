@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import re
 import subprocess
 import sys
 import warnings
@@ -19,6 +20,7 @@ from optuna_aquasurf.integrations import (
     Site,
     SwapPolicy,
     SwapReport,
+    find_activation_sites,
     swap_activations,
     timm_model,
     torchvision_model,
@@ -78,6 +80,20 @@ class ManyFunctional(nn.Module):
         return "still here"
 
 
+class InplaceAfterFunctional(nn.Module):
+    """In-place calls after functional activations: by position, by keyword, for their effect."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        y = F.gelu(self.lin(x))
+        F.hardtanh(y, -0.1, 0.1, True)
+        z = F.dropout(F.gelu(self.lin(y)), 0.5, self.training, inplace=True)
+        return z + y
+
+
 class TrainingBranch(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -129,6 +145,28 @@ def test_factory_activation_is_called_per_site():
 def test_bad_activation_is_refused(activation, message):
     with pytest.raises(TypeError, match=message):
         swap_activations(_mlp(), activation, example_input=_x(2, 4))
+
+
+CALLERS = {
+    "swap_activations": lambda model: swap_activations(model, nn.Tanh(), example_input=_x(2, 4)),
+    "find_activation_sites": lambda model: find_activation_sites(model, example_input=_x(2, 4)),
+    "ActivationSites.apply": lambda model: find_activation_sites(
+        _mlp(), example_input=_x(2, 4)
+    ).apply(model, nn.Tanh()),
+}
+
+
+@pytest.mark.parametrize("caller", list(CALLERS))
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ((nn.Identity(), None), "got tuple (did you pass the (model, report) pair of"),
+        (_mlp, "got function (call it to build the model?)"),
+    ],
+)
+def test_model_that_is_no_module_is_refused(caller, model, message):
+    with pytest.raises(TypeError, match=re.escape(f"{caller} needs an nn.Module, {message}")):
+        CALLERS[caller](model)
 
 
 def test_copy_unless_inplace():
@@ -208,6 +246,25 @@ def test_functional_kinds_are_rewritten_and_methods_kept():
     with pytest.raises(pickle.PicklingError, match="not the same object"):
         pickle.dumps(model)
     assert list(model.state_dict()) == list(original.state_dict())
+
+
+def test_inplace_operations_are_switched_off():
+    """In-place operations would overwrite what the new activations save for backward."""
+    torch.manual_seed(0)
+    original = nn.Sequential(InplaceAfterFunctional(), nn.GELU(), nn.Dropout(inplace=True))
+    x = _x(2, 4)
+    same, _ = swap_activations(original, nn.GELU(), example_input=x)
+    for mode in (True, False):
+        torch.manual_seed(0)
+        expected = original.train(mode)(x)
+        torch.manual_seed(0)
+        torch.testing.assert_close(same.train(mode)(x), expected)
+
+    model, report = swap_activations(original, "relu(x)", example_input=x)
+    assert report.counts["functional-rewritten"] == 2 and report.counts["replaced"] == 1
+    assert not model[2].inplace and original[2].inplace
+    model.train()(x).sum().backward()
+    assert all(parameter.grad is not None for parameter in model.parameters())
 
 
 def test_traced_module_follows_training_mode():
