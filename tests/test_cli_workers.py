@@ -3,12 +3,17 @@ MariaDB (a new database per test).
 
 The model file trains nothing (its score is a fixed function of the expression); its map is
 computed once here and copied into each test's database, as a first worker would have stored it.
+
+The last tests check what these tests stand on: the helpers that lock and drop connections, the
+fixtures of tests/conftest.py that start processes and reach the servers, and the CLI's output
+in a log.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -30,6 +35,14 @@ from optuna_aquasurf.cli._tracking_storage import last_started
 from optuna_aquasurf.cli._trials import count_finished, pending_reruns
 from optuna_aquasurf.cli._userfile import load_user_file
 from tests._maps import computed_map, store_map
+from tests.conftest import (
+    REQUIRE_DATABASES,
+    SERVERS,
+    admin_engine,
+    kill_other_sessions,
+    killed_at_exit,
+    server_url,
+)
 
 FAST = textwrap.dedent(
     """
@@ -66,15 +79,22 @@ def url(database_url, model_file) -> str:
     return database_url
 
 
-def aquasurf(*args: str, url: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "optuna_aquasurf", *args],
-        cwd=cwd,
-        env={**os.environ, "AQUASURF_STORAGE": url},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+@pytest.fixture
+def aquasurf(start_process):
+    """A function that starts ``python -m optuna_aquasurf ARGS`` in ``cwd`` on the storage
+    ``url``; what it started is killed after the test."""
+
+    def start(*args: str, url: str, cwd: Path) -> subprocess.Popen:
+        return start_process(
+            [sys.executable, "-m", "optuna_aquasurf", *args],
+            cwd=cwd,
+            env={**os.environ, "AQUASURF_STORAGE": url},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    return start
 
 
 def finished(url: str) -> list[optuna.trial.FrozenTrial]:
@@ -107,7 +127,7 @@ def check_intact(trials: list[optuna.trial.FrozenTrial], n_trials: int) -> None:
 
 
 @pytest.mark.slow  # about a minute per database on 2 cores
-def test_workers_option_runs_processes_on_one_study(url, model_file):
+def test_workers_option_runs_processes_on_one_study(url, model_file, aquasurf):
     path, _ = model_file
     process = aquasurf(
         "optimize", path.name, "--workers", "2", "--n-trials", "12", url=url, cwd=path.parent
@@ -122,34 +142,23 @@ def test_workers_option_runs_processes_on_one_study(url, model_file):
 
 @contextlib.contextmanager
 def tables_locked(admin: sa.Connection, dialect: str):
-    """Hold a write lock on Optuna's trials table: the workers' next statements wait."""
+    """Hold a write lock on Optuna's trials table: the workers' next statements wait.
+
+    The lock is released however the block ends.
+    """
     if dialect == "postgresql":
         admin.execute(sa.text("BEGIN"))
-        admin.execute(sa.text("LOCK TABLE trials IN ACCESS EXCLUSIVE MODE"))
-        yield
-        admin.execute(sa.text("COMMIT"))
+        lock, release = "LOCK TABLE trials IN ACCESS EXCLUSIVE MODE", "ROLLBACK"
     else:
-        admin.execute(sa.text("LOCK TABLES trials WRITE"))
+        lock, release = "LOCK TABLES trials WRITE", "UNLOCK TABLES"
+    try:
+        admin.execute(sa.text(lock))
         yield
-        admin.execute(sa.text("UNLOCK TABLES"))
+    finally:
+        admin.execute(sa.text(release))
 
 
-def kill_other_sessions(admin: sa.Connection, dialect: str, database: str) -> int:
-    """End every other connection to ``database`` on the server; how many there were."""
-    if dialect == "postgresql":
-        query = (
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = :db AND pid <> pg_backend_pid()"
-        )
-        return len(admin.execute(sa.text(query), {"db": database}).all())
-    query = "SELECT id FROM information_schema.processlist WHERE db = :db AND id <> CONNECTION_ID()"
-    ids = admin.execute(sa.text(query), {"db": database}).scalars().all()
-    for session in ids:
-        admin.execute(sa.text(f"KILL {int(session)}"))
-    return len(ids)
-
-
-def test_a_dropped_connection_is_survived_and_the_trial_runs_again(url, model_file):
+def test_a_dropped_connection_is_survived_and_the_trial_runs_again(url, model_file, aquasurf):
     path, _ = model_file
     process = aquasurf("optimize", path.name, "--n-trials", "10", url=url, cwd=path.parent)
     deadline = time.monotonic() + 180
@@ -157,14 +166,14 @@ def test_a_dropped_connection_is_survived_and_the_trial_runs_again(url, model_fi
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    engine = admin_engine(url)
     dialect = engine.dialect.name
-    database = engine.url.database
-    with engine.connect() as admin:
-        with tables_locked(admin, dialect):
+    try:
+        with engine.connect() as admin, tables_locked(admin, dialect):
             time.sleep(1.0)  # the worker's next statement on trials now waits for the lock
-            assert kill_other_sessions(admin, dialect, database) > 0
-    engine.dispose()
+            assert kill_other_sessions(admin, dialect, engine.url.database) > 0
+    finally:
+        engine.dispose()
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
     assert "Lost the connection to the database" in stderr
@@ -178,9 +187,10 @@ def locked_out(url: str):
     the server refuse new ones (PostgreSQL: connections disallowed; MariaDB: a user of this
     test only, whose account is locked)."""
     database = sa.make_url(url).database
-    dialect = "postgresql" if url.startswith("postgresql") else "mysql"
-    server = sa.make_url(url).set(database="postgres" if dialect == "postgresql" else "")
-    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    dialect = sa.make_url(url).get_backend_name()
+    admin = admin_engine(
+        sa.make_url(url).set(database="postgres" if dialect == "postgresql" else "")
+    )
 
     def run(statement: str) -> None:
         with admin.connect() as connection:
@@ -191,22 +201,26 @@ def locked_out(url: str):
         with admin.connect() as connection:
             kill_other_sessions(connection, dialect, database)
 
-    if dialect == "postgresql":
-        yield url, lambda: lock_out(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
-        run(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
-    else:
-        user = f"{database}@'%'"
-        run(f"CREATE USER {user} IDENTIFIED BY 'secret-pw'")
-        run(f"GRANT ALL ON {database}.* TO {user}")
-        user_url = sa.make_url(url).set(username=database, password="secret-pw")
-        try:
-            yield (
-                user_url.render_as_string(hide_password=False),
-                lambda: lock_out(f"ALTER USER {user} ACCOUNT LOCK"),
-            )
-        finally:
-            run(f"DROP USER {user}")
-    admin.dispose()
+    try:
+        if dialect == "postgresql":
+            try:
+                yield url, lambda: lock_out(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
+            finally:
+                run(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
+        else:
+            user = f"{database}@'%'"
+            run(f"CREATE USER {user} IDENTIFIED BY 'secret-pw'")
+            run(f"GRANT ALL ON {database}.* TO {user}")
+            user_url = sa.make_url(url).set(username=database, password="secret-pw")
+            try:
+                yield (
+                    user_url.render_as_string(hide_password=False),
+                    lambda: lock_out(f"ALTER USER {user} ACCOUNT LOCK"),
+                )
+            finally:
+                run(f"DROP USER {user}")
+    finally:
+        admin.dispose()
 
 
 def test_a_database_that_stays_away_stops_the_worker_with_a_clear_message(
@@ -296,3 +310,119 @@ def test_a_worker_command_gives_the_worker_the_searchs_settings(monkeypatch):
     result = CliRunner().invoke(app, [*command[3:], *options])
     assert result.exit_code == 0, result.output
     assert seen["settings"] == dataclasses.replace(settings, study_name="fast")
+
+
+def test_tables_locked_releases_the_lock_when_its_block_raises(database_url):
+    engine = admin_engine(database_url, lock_timeout_s=2)
+    dialect = engine.dialect.name
+    try:
+        with engine.connect() as holder, engine.connect() as other:
+            holder.execute(sa.text("CREATE TABLE trials (id INTEGER)"))
+            with pytest.raises(RuntimeError), tables_locked(holder, dialect):
+                raise RuntimeError("a check failed while the lock was held")
+            with tables_locked(other, dialect):
+                pass  # fails after 2 s if the lock is still held
+    finally:
+        engine.dispose()
+
+
+class EndingBeforeItsKill:
+    """An admin connection on which each session ends just before its ``KILL`` arrives, as one
+    that closes between :func:`kill_other_sessions`'s listing and its ``KILL``."""
+
+    def __init__(self, connection: sa.Connection):
+        self.connection = connection
+
+    def execute(self, statement, *args):
+        if str(statement).startswith("KILL"):
+            self.connection.execute(statement)
+            session = {"id": int(str(statement).split()[1])}
+            query = sa.text("SELECT COUNT(*) FROM information_schema.processlist WHERE id = :id")
+            deadline = time.monotonic() + 10
+            while self.connection.execute(query, session).scalar():
+                assert time.monotonic() < deadline, f"session {session['id']} never ended"
+                time.sleep(0.05)
+        return self.connection.execute(statement, *args)
+
+
+@pytest.mark.parametrize("database_url", ["mysql"], indirect=True)
+def test_a_session_that_ends_before_its_kill_is_passed_over(database_url):
+    engine = admin_engine(database_url)
+    other = engine.connect()
+    try:
+        with engine.connect() as admin:
+            killed = kill_other_sessions(EndingBeforeItsKill(admin), "mysql", engine.url.database)
+        assert killed == 1
+    finally:
+        other.invalidate()
+        engine.dispose()
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not ended (a zombie has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_failed_tests_process_is_killed_with_the_processes_it_started():
+    parent_code = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    with pytest.raises(RuntimeError), killed_at_exit() as start:
+        parent = start([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True)
+        child = int(parent.stdout.readline())
+        raise RuntimeError("a check failed while the processes ran")
+    assert parent.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 10
+    while running(child):
+        assert time.monotonic() < deadline, "the child of the killed process still runs"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("dialect", sorted(SERVERS))
+def test_a_database_server_not_running_skips_its_tests_unless_they_are_required(
+    dialect, monkeypatch
+):
+    closed = sa.make_url(SERVERS[dialect]).set(port=1)
+    monkeypatch.setitem(SERVERS, dialect, closed.render_as_string(hide_password=False))
+    name = {"postgresql": "PostgreSQL", "mysql": "MariaDB"}[dialect]
+    monkeypatch.delenv(REQUIRE_DATABASES, raising=False)
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        server_url(dialect)
+    assert str(skipped.value).startswith(
+        f"{name} not reachable on 127.0.0.1:1: start it (.ci/services) or set "
+        "AQUASURF_REQUIRE_DATABASES=1 to make this an error; "
+    )
+    monkeypatch.setenv(REQUIRE_DATABASES, "1")
+    with pytest.raises(pytest.fail.Exception) as failed:
+        server_url(dialect)
+    assert str(failed.value).startswith(
+        f"{name} not reachable on 127.0.0.1:1 and AQUASURF_REQUIRE_DATABASES=1 requires it"
+    )
+
+
+def test_a_table_written_to_a_log_keeps_each_expression_on_one_line(tmp_path):
+    expression = "mul(" * 6 + "add(tanh(x),sigmoid(x))" + ",softsign(x))" * 6  # 125 characters
+    storage = f"sqlite:///{tmp_path / 'log.db'}"
+    study = optuna.create_study(
+        storage=storage, study_name="log", directions=["maximize", "minimize"]
+    )
+    study.add_trial(
+        optuna.trial.create_trial(values=[0.9, 2.5], user_attrs={"activation": expression})
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "optuna_aquasurf", "best", "--storage", storage, "--study", "log"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={name: value for name, value in os.environ.items() if name != "COLUMNS"},
+    )
+    assert run.returncode == 0, run.stderr
+    assert expression in run.stdout, run.stdout
