@@ -5,6 +5,7 @@
     python -m benchmarks.replay --arch cnn --samplers aquasurf,random --seeds 5
     python -m benchmarks.replay --arch all --prior all --trials 100   # transfer between tables
     python -m benchmarks.replay --arch all --front --trials 50        # fronts of score and cost
+    python -m benchmarks.replay --arch cnn,vit --samplers aquasurf,greedy --seeds 2 --check
 
 Results are appended to ``benchmarks/results/replay_<arch>.jsonl`` (one line per sampler and
 seed; a rerun skips what is there), then summarised: median evaluations to reach the best
@@ -30,6 +31,12 @@ default sampler gives it (a baseline's own spelling); the summary gives the hype
 front found (:func:`optuna_aquasurf._front.hypervolume`: costs on a log scale, above the
 reference of the table's median score and twice the highest cost) as a share of the table's
 whole front.
+
+With ``--check``, the searches of ``--samplers`` (any name of the modes above) for the first
+``--seeds`` seeds run again and their scores are compared, trial by trial, with those stored in
+``--against`` (by default ``benchmarks/results``): a change that should not alter the search
+must replay them bit for bit. Stored results of other library versions may differ (the features'
+numerics): to check a change, store the searches of the code before it first.
 """
 
 from __future__ import annotations
@@ -280,6 +287,42 @@ def run_searches(arch: str, samplers: list[str], seeds: int, n_trials: int, work
     return path
 
 
+def check_replays(
+    archs: list[str], samplers: list[str], seeds: int, workers: int, against: Path = RESULTS
+) -> bool:
+    """Run the searches of ``samplers`` stored in ``against`` for seeds below ``seeds`` again
+    and print, per table and sampler, whether every trial's score is the same; True when all
+    are."""
+    stored = {
+        a: {(r["sampler"], r["seed"]): r["values"] for r in _read(against / f"replay_{a}.jsonl")}
+        for a in archs
+    }
+    jobs = [
+        (a, s, seed, len(stored[a][s, seed]))
+        for a in archs
+        for seed in range(seeds)
+        for s in samplers
+        if (s, seed) in stored[a]
+    ]
+    print(f"{len(jobs)} stored searches to replay, {workers} worker(s)", flush=True)
+    identical = True
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        for (arch, *_), result in zip(jobs, pool.imap(_star_job, jobs)):
+            before = stored[arch][result["sampler"], result["seed"]]
+            same = result["values"] == before
+            first = next(
+                (i for i, (a, b) in enumerate(zip(before, result["values"])) if a != b), None
+            )
+            identical &= same
+            verdict = "identical" if same else f"DIFFERS from trial {first}"
+            print(
+                f"{arch:>10} {result['sampler']:>20} seed {result['seed']:>2}: {len(before)} "
+                f"trials {verdict}",
+                flush=True,
+            )
+    return identical
+
+
 def _star_job(job):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     import torch
@@ -518,10 +561,10 @@ def surrogate_quality(arch: str, seed: int = 0) -> None:
     from scipy.stats import spearmanr
     from sklearn.model_selection import KFold, cross_val_predict
 
-    from optuna_aquasurf._acquisition import default_regressor
     from optuna_aquasurf._embedding import embed
     from optuna_aquasurf._map import SpaceMap
     from optuna_aquasurf._store import MemoryStore
+    from optuna_aquasurf._surrogate import default_regressor
 
     context = Context(arch)
     keep = context.space.finite
@@ -612,8 +655,16 @@ def main() -> None:
         "--prior", help="transfer: tables to start from (comma-separated, or all), see above"
     )
     parser.add_argument("--front", action="store_true", help="fronts of score and cost")
+    parser.add_argument("--check", action="store_true", help="replay stored searches, compare")
+    parser.add_argument(
+        "--against", type=Path, default=RESULTS, help="--check: the folder of stored searches"
+    )
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.check:
+        archs = list(ARCHITECTURES) if args.arch == "all" else args.arch.split(",")
+        ok = check_replays(archs, args.samplers.split(","), args.seeds, args.workers, args.against)
+        raise SystemExit(0 if ok else 1)
     if args.surrogate:
         surrogate_quality(args.arch)
         return

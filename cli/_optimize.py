@@ -12,11 +12,11 @@ from rich.markup import escape
 from sqlalchemy.exc import SQLAlchemyError
 
 from optuna_aquasurf import AquaSurfSampler, SpaceExhaustedError
+from optuna_aquasurf._dead_workers import fail_trials_of_dead_workers
 from optuna_aquasurf._prior import source_label
 from optuna_aquasurf._store import lost_connection
 from optuna_aquasurf.cli import _views
 from optuna_aquasurf.cli._console import UserError, console, err_console
-from optuna_aquasurf.cli._dead_workers import fail_trials_of_dead_workers
 from optuna_aquasurf.cli._map_process import BackgroundMap
 from optuna_aquasurf.cli._objective import (
     Objective,
@@ -270,7 +270,7 @@ def optimize(path: Path, settings: SearchSettings, worker: str | None = None) ->
     else:
         done = count_finished(study.get_trials(deepcopy=False))
     if done < settings.n_trials:
-        fail_trials_of_dead_workers(study, _enqueue_rerun)
+        _fail_trials_of_dead_workers(study)
         _run_again(study, study.get_trials(deepcopy=False))
         progress = SearchProgress(err_console, settings.n_trials, done, worker)
         if worker is None:
@@ -280,6 +280,14 @@ def optimize(path: Path, settings: SearchSettings, worker: str | None = None) ->
             _search(study, user, torch_device, settings, progress)
     if worker is None:
         print_top(study, path)
+
+
+def _fail_trials_of_dead_workers(study: optuna.Study) -> None:
+    """Fail, and queue again, the trials left running by a process of this host that died."""
+    for trial, again in fail_trials_of_dead_workers(study, _enqueue_rerun):
+        worker = trial.user_attrs["worker"]
+        message = f"Trial {trial.number} was left running by a process that died ({worker}): failed"
+        err_console.print(escape(message + (", and it runs again." if again else ".")))
 
 
 def _run_again(study: optuna.Study, trials: list[FrozenTrial]) -> None:
@@ -347,6 +355,9 @@ def _search(study, user, device, settings: SearchSettings, progress, background=
                 finished = count_finished(study.get_trials(deepcopy=False))
                 if finished >= n_trials:
                     break
+    exhausted = study.sampler.search(study).exhausted
+    if exhausted is not None:
+        err_console.print(f"Search finished: {exhausted}.")
     if objective.interrupted:
         number = objective.interrupted_trial
         message = "[yellow]Interrupted.[/]"

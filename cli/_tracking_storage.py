@@ -8,7 +8,7 @@ import copy
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from optuna_aquasurf.cli._trials import worker_label
+from optuna_aquasurf._dead_workers import worker_label
 
 
 class TrackingStorage(RDBStorage):
@@ -19,7 +19,7 @@ class TrackingStorage(RDBStorage):
     database is lost after that but before the objective runs (while Optuna reads the new trial
     back), the worker still knows which trial it left running. ``worker`` lets the next run on
     this host fail at once a trial whose process died (see
-    :mod:`optuna_aquasurf.cli._dead_workers`).
+    :mod:`optuna_aquasurf._dead_workers`).
     """
 
     def __init__(self, *args, **kwargs):

@@ -23,19 +23,12 @@ Optuna.
 
 from __future__ import annotations
 
-import os
-import socket
-
 from optuna.trial import FrozenTrial, TrialState
+
+from optuna_aquasurf._dead_workers import PROCESS_DIED
 
 INTERRUPTED = "interrupted"
 LOST_CONNECTION = "lost connection"
-PROCESS_DIED = "process died"
-
-
-def worker_label() -> str:
-    """This process as a trial's user attribute ``worker`` names it: ``host:pid``."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def counts_toward_target(trial: FrozenTrial) -> bool:

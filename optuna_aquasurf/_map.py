@@ -102,12 +102,25 @@ class SpaceMap:
         budget = DEFAULT_FISHER_BUDGET if fisher_budget is None else fisher_budget
         self.fisher_budget = min(budget, len(space))
         self._given_key = key
+        self._start_caches()
+
+    _SETTINGS = ("space", "probe", "seed", "use_outputs", "fisher_budget", "_given_key")
+
+    def _start_caches(self) -> None:
+        """The lock and what is computed on first use: never pickled, rebuilt after."""
         self._lock = threading.RLock()
         self._embedding: np.ndarray | None = None
         self._features: np.ndarray | None = None
         self._outputs: np.ndarray | None = None
         self._locations: dict[str, tuple[int, bool]] = {}
         self._estimated_costs: np.ndarray | None = None
+
+    def __getstate__(self) -> dict:
+        return {name: self.__dict__[name] for name in self._SETTINGS}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._start_caches()
 
     @property
     def key(self) -> str:

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from optuna_aquasurf import _acquisition
-
 #: What a source that agrees with the study is worth, in observations of the study's own.
 PRIOR_OBSERVATIONS = 8.0
 #: Functions scored by both the study and a source before their agreement sets its weight.
@@ -37,7 +35,8 @@ class PriorSurface:
     functions, quantiles
         The functions the source scored and their quantiles.
     predicted
-        The quantile predicted for every function (the kNN of the sampler's surrogate).
+        The quantile predicted for every function (the kNN of the sampler's surrogate, see
+        :func:`optuna_aquasurf._surrogate.prior_surface`).
     closeness
         How close every function is to the nearest function the source scored: 1 on one,
         falling as ``exp(-(d / length_scale)**2)``.
@@ -47,19 +46,6 @@ class PriorSurface:
     quantiles: np.ndarray
     predicted: np.ndarray
     closeness: np.ndarray
-
-
-def prior_surface(
-    points: np.ndarray, functions: np.ndarray, quantiles: np.ndarray, length_scale: float
-) -> PriorSurface:
-    """The :class:`PriorSurface` of a source that scored ``functions`` of the space whose
-    surrogate coordinates are ``points``."""
-    neighbours = _acquisition.Neighbours()
-    regressor = _acquisition.default_regressor()
-    predicted = _acquisition.predict(regressor, points, functions, quantiles, neighbours)
-    squared, _ = neighbours.nearest(points, functions, regressor.n_neighbors)  # predict's table
-    closeness = np.exp(-np.square(np.sqrt(squared[:, 0]) / length_scale))
-    return PriorSurface(functions, quantiles, predicted, closeness)
 
 
 def agreement(surface: PriorSurface, functions: np.ndarray, scores: np.ndarray) -> float:

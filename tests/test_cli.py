@@ -281,6 +281,19 @@ def test_max_cost_leaves_out_the_functions_above_it(copy):
     assert all(f"{name} ({cost:.1f})" in result.stderr for name, cost in skipped.items())
 
 
+def test_a_search_of_every_function_stops_and_exits_0(copy):
+    """More trials than functions: once all 8 are tried the search stops (one trial trains the
+    best again) and says why, exit code 0."""
+    result = aquasurf("optimize", "tiny.py", "--study", "all", "--n-trials", "12", cwd=copy)
+    assert result.returncode == 0, result.stderr
+    assert "Search finished: all 8 functions of the search space have been tried" in result.stderr
+    done = trials(copy, "all")
+    assert len(done) == 9 and all(t.state == TrialState.COMPLETE for t in done)
+    repeat = done[-1]
+    assert repeat.user_attrs["repeat_of"] < 8
+    assert len({t.user_attrs["activation"] for t in done}) == 8
+
+
 def test_objectives_score_and_cost(copy):
     """--objectives score,cost: a study of two objectives whose trials return the score and the
     activation's cost; the same study without the option is refused."""

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from optuna_aquasurf import AquaSurfSampler
 from optuna_aquasurf._sampler import DEFAULT_BASELINES
 from optuna_aquasurf._store import store_for
-from optuna_aquasurf.cli._dead_workers import fail_trials_of_dead_workers
+from optuna_aquasurf._dead_workers import fail_trials_of_dead_workers
 from optuna_aquasurf.cli._storage import open_storage
 from optuna_aquasurf.cli._userfile import load_user_file
 from tests import test_cli

@@ -5,19 +5,24 @@ import optuna
 import pytest
 import torch
 from optuna.trial import TrialState, create_trial
+from scipy.stats import spearmanr
 
 from optuna_aquasurf import (
     PAPER_UNARY,
     ActivationFunction,
     AquaSurfSampler,
     SearchSpace,
+    _surrogate,
     _transfer,
 )
 from optuna_aquasurf._prior import read_source
 from optuna_aquasurf._scores import function_scores, quantiles
-from tests.test_sampler import UNARY, activations, closeness_to_gelu, run_study
+from tests.test_sampler import UNARY, X, activations, closeness_to_gelu, run_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+#: The default baselines that the space of these tests holds, in the order they are tried.
+BASELINES = ["elu(x)", "relu(x)", "sigmoid(x)", "softsign(x)", "swish(x)", "tanh(x)"]
 
 
 @pytest.fixture(scope="module")
@@ -78,14 +83,15 @@ def test_bundled_tables_cover_the_paper_space_with_divergences_last():
 def test_without_baselines_the_first_pick_is_the_priors_best(space):
     study = prior_study([("tanh(x)", 0.2), ("swish(x)", 0.9), ("relu(x)", 0.5)])
     found = run_study(space, None, n_trials=3, prior=[study], baselines=())
-    assert space.find_equivalent(activations(found)[0]) == space.find_equivalent("swish(x)")
+    # Swish, or a function that computes the same: mul(identity(x),sigmoid(x)) is another
+    # function of the space, its features 1e-8 from swish's, and may tie with it in other versions.
+    first = ActivationFunction(activations(found)[0])
+    torch.testing.assert_close(first(X), torch.nn.functional.silu(X))
 
 
 def gelu_results(space, sign=1.0):
     """Every function of ``space`` scored by closeness to gelu (times ``sign``); None (a failed
     trial) where that is not finite."""
-    from tests.test_sampler import X
-
     results = []
     for expression in space.expressions:
         error = float(
@@ -95,22 +101,35 @@ def gelu_results(space, sign=1.0):
     return results
 
 
-def test_a_true_prior_finds_the_best_sooner_and_a_reversed_one_costs_nothing(space):
+def test_a_true_prior_predicts_better_and_a_reversed_one_costs_nothing(space):
+    # When a search finds the best function is its own luck: without a prior, some versions find
+    # it at the first pick after the baselines. So the comparison is one that holds in any
+    # version: the baselines come first, with a prior or without, so after them two studies have
+    # the same observations; from these, a prior that knows every score predicts the functions
+    # not tried yet in an order closer to the true one than the study's own surrogate.
     results = gelu_results(space)
-    best = max(v for _, v in results if v is not None)
+    own = run_study(space, None, n_trials=len(BASELINES))
+    true = run_study(space, None, n_trials=len(BASELINES), prior=[prior_study(results)])
+    assert activations(own) == activations(true) == BASELINES
+    truth = np.array([np.nan if value is None else value for _, value in results])
+    untried = np.isfinite(truth)
+    untried[[space.find_equivalent(e) for e in BASELINES]] = False
+
+    def rank_agreement(study):
+        return spearmanr(study.sampler.predict(study)[untried], truth[untried]).statistic
+
+    assert rank_agreement(true) > rank_agreement(own)
+    # A prior that ranks the functions the other way counts for nothing once the baselines
+    # disagree with it (a rule of the weighting, not luck): the search goes exactly as without.
     without = run_study(space, None, n_trials=20)
-    assert max(t.value for t in without.trials) < best
-    true = run_study(space, None, n_trials=10, prior=[prior_study(results)])
-    assert activations(true)[:6] == activations(without)[:6]  # the baselines stay first
-    assert max(t.value for t in true.trials) == best
     reversed_prior = prior_study(gelu_results(space, sign=-1.0))
     reversed_run = run_study(space, None, n_trials=20, prior=[reversed_prior])
-    assert activations(reversed_run) == activations(without)  # agreement -1: no weight
+    assert activations(reversed_run) == activations(without)
 
 
 def test_the_priors_share_falls_as_own_observations_grow():
     points = np.random.default_rng(0).normal(size=(50, 2))
-    surface = _transfer.prior_surface(points, np.arange(50), np.linspace(0, 1, 50), 1.0)
+    surface = _surrogate.prior_surface(points, np.arange(50), np.linspace(0, 1, 50), 1.0)
     shares = []
     for n in (1, 8, 40):
         functions = np.arange(n)
@@ -122,10 +141,13 @@ def test_the_priors_share_falls_as_own_observations_grow():
 def test_agreement_needs_evidence_and_ignores_a_source_that_disagrees():
     points = np.random.default_rng(0).normal(size=(60, 2))
     quantiles = np.random.default_rng(1).random(60)
-    surface = _transfer.prior_surface(points, np.arange(60), quantiles, 1.0)
-    noisy = quantiles + np.random.default_rng(2).normal(scale=0.2, size=60)
-    few, many = (_transfer.agreement(surface, np.arange(n), noisy[:n]) for n in (8, 60))
+    surface = _surrogate.prior_surface(points, np.arange(60), quantiles, 1.0)
+    # The same ranking, as the source's, counts for less on fewer functions. (Noisy rankings of
+    # 8 and 60 functions would agree with it by chance more or less.)
+    few, many = (_transfer.agreement(surface, np.arange(n), quantiles[:n]) for n in (8, 60))
     assert 0 < few < many < 1
+    noisy = quantiles + np.random.default_rng(2).normal(scale=0.2, size=60)
+    assert 0 < _transfer.agreement(surface, np.arange(60), noisy) < many
     assert _transfer.agreement(surface, np.arange(4), -noisy[:4]) == 1.0  # too few to tell
     assert _transfer.agreement(surface, np.arange(60), -noisy) == 0.0
 

@@ -9,7 +9,16 @@ import torch
 from optuna.testing.pytest_samplers import BasicSamplerTestCase, MultiObjectiveSamplerTestCase
 from sklearn.neighbors import KNeighborsRegressor
 
-from optuna_aquasurf import AquaSurfSampler, SearchSpace, _acquisition, suggest_activation
+from optuna_aquasurf import (
+    AquaSurfSampler,
+    SearchSpace,
+    SpaceExhaustedError,
+    _rules,
+    _surrogate,
+    suggest_activation,
+)
+from optuna_aquasurf._rules import Pick
+from optuna_aquasurf._surrogate import Surrogate
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -156,8 +165,9 @@ def test_user_space_as_a_plain_list():
     study = optuna.create_study(direction="maximize", sampler=sampler)
     study.optimize(closeness_to_gelu, n_trials=4)
     assert len(sampler.space) == 4
-    with pytest.raises(RuntimeError, match="every function of the search space"):
+    with pytest.warns(UserWarning, match="all 4 functions of the search space have been tried"):
         study.optimize(closeness_to_gelu, n_trials=1, catch=())
+    assert study.trials[-1].user_attrs["repeat_of"] < 4
 
 
 def test_failed_trials_count_as_the_worst_score(space):
@@ -173,9 +183,8 @@ def test_failed_trials_count_as_the_worst_score(space):
     study = optuna.create_study(direction="maximize", sampler=sampler)
     study.enqueue_trial({"activation": "div(one(x),abs(x))"})  # infinite at 0: fails
     study.optimize(objective, n_trials=12, catch=(ValueError,))
-    functions, scores = sampler._observations(
-        study, sampler._trials(study, "activation", exclude=None)
-    )
+    search = sampler.search(study)
+    functions, scores = search.observations(search.trials())
     failed = {
         sampler.locate(t.user_attrs["activation"])[0]
         for t in study.trials
@@ -200,9 +209,8 @@ def test_pruned_trials_use_their_last_value(space):
 
     study = optuna.create_study(direction="maximize", sampler=sampler)
     study.optimize(objective, n_trials=6)
-    functions, scores = sampler._observations(
-        study, sampler._trials(study, "activation", exclude=None)
-    )
+    search = sampler.search(study)
+    functions, scores = search.observations(search.trials())
     assert sorted(scores.tolist()) == [-5.0, -3.0, -1.0, 1.0, 1.0, 1.0]
 
 
@@ -334,7 +342,8 @@ def test_incremental_neighbours_rank_exactly_as_brute_force():
     coords = rng.normal(size=(n, 2)).astype(np.float32)
     score_of = rng.random(n)
     order = rng.permutation(n)
-    tables = {"tried": _acquisition.Neighbours(), "scored": _acquisition.Neighbours()}
+    surrogate = Surrogate(coords, KNeighborsRegressor(n_neighbors=3))
+    weighted = Surrogate(coords, _surrogate.default_regressor())
     # Sites added one at a time, then more than a kd-tree's worth at once, then some removed.
     for tried in [
         order[:1],
@@ -348,33 +357,25 @@ def test_incremental_neighbours_rank_exactly_as_brute_force():
         tried = np.sort(tried)
         observed = tried[::2]
         candidates = np.setdiff1d(np.arange(n), tried)
-        distance = _acquisition.distance_to_nearest(tables["tried"], coords, tried)
-        regressor = KNeighborsRegressor(n_neighbors=3)
-        fast = _acquisition.predict(
-            regressor, coords, observed, score_of[observed], tables["scored"]
-        )
+        pick = Pick(surrogate, observed, score_of[observed], tried, candidates, rng, 64)
+        fast, _ = surrogate.predict(observed, score_of[observed])
         k = min(3, len(observed))
         expected_order, expected_farthest, expected_predicted = brute_force_ranking(
             coords, tried, observed, score_of, candidates, "explore", k
         )
         assert np.array_equal(fast, expected_predicted)
         assert np.array_equal(
-            fast, _acquisition.predict(regressor, coords, observed, score_of[observed])
+            fast, _surrogate.predict(surrogate.regressor, coords, observed, score_of[observed])
         )
-        assert np.array_equal(
-            _acquisition.rank("explore", fast, candidates, 0.5, 64, distance), expected_order[:64]
-        )
-        assert np.array_equal(
-            _acquisition.farthest_first(distance, candidates, 64), expected_farthest[:64]
-        )
+        assert np.array_equal(_rules.DistanceBonus(0.5).rank(pick), expected_order[:64])
+        assert np.array_equal(_rules.SpaceFilling().rank(pick), expected_farthest[:64])
         greedy, _, _ = brute_force_ranking(
             coords, tried, observed, score_of, candidates, "greedy", k
         )
-        assert np.array_equal(_acquisition.rank("greedy", fast, candidates, 0.5, 64), greedy[:64])
-        weighted = _acquisition.default_regressor()
+        assert np.array_equal(_rules.Greedy().rank(pick), greedy[:64])
         assert np.allclose(
-            _acquisition.predict(weighted, coords, observed, score_of[observed], tables["scored"]),
-            _acquisition.predict(weighted, coords, observed, score_of[observed]),
+            weighted.predict(observed, score_of[observed])[0],
+            _surrogate.predict(weighted.regressor, coords, observed, score_of[observed]),
             rtol=1e-6,
             atol=0,
         )
@@ -387,23 +388,23 @@ def test_best_candidates_are_the_head_of_a_stable_sort(n):
     values[rng.choice(100, size=30, replace=False)] = np.nan
     candidates = np.arange(100) * 3
     expected = candidates[np.argsort(-values, kind="stable")][:n]
-    assert np.array_equal(_acquisition._best(values, candidates, n), expected)
+    assert np.array_equal(_rules.best(values, candidates, n), expected)
 
 
 def test_uncertainty_is_the_neighbours_spread_growing_with_distance():
-    table = _acquisition.Neighbours()
+    table = _surrogate.Neighbours()
     coords = np.array([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.1, 0.0], [1.0, 10.0]])
     observed = np.array([0, 1, 2])
-    same = _acquisition.predict_with_uncertainty(
-        _acquisition.Neighbours(), coords, observed, np.array([0.5, 0.5, 0.5]), 3, 1.0
+    same = _surrogate.predict_with_uncertainty(
+        _surrogate.Neighbours(), coords, observed, np.array([0.5, 0.5, 0.5]), 3, 1.0
     )[1]
     assert np.allclose(same, 0.0)  # neighbours agree and the spread of all scores is zero
     scores = np.array([0.0, 1.0, 2.0])
-    predicted, sigma = _acquisition.predict_with_uncertainty(
-        _acquisition.Neighbours(), coords, observed, scores, 3, 1.0
+    predicted, sigma = _surrogate.predict_with_uncertainty(
+        _surrogate.Neighbours(), coords, observed, scores, 3, 1.0
     )
-    knn = _acquisition.default_regressor()
-    assert np.array_equal(predicted, _acquisition.predict(knn, coords, observed, scores, table))
+    knn = _surrogate.default_regressor()
+    assert np.array_equal(predicted, _surrogate.predict(knn, coords, observed, scores, table))
     assert sigma[0] == pytest.approx(0.5)  # on the two points at 0: their scores' spread
     assert sigma[3] > sigma[0]  # a little farther away: a little less sure
     # Far away, the spread of all scores adds to that of the (distant) neighbours.
@@ -439,3 +440,37 @@ def test_any_scikit_learn_regressor_plugs_in(space):
     assert len(functions) == 15
     predicted = study.sampler.predict(study)
     assert predicted.shape == (len(space),) and np.isfinite(predicted).all()
+
+
+def test_an_exhausted_space_warns_once_repeats_the_best_and_stops_the_study():
+    space = SearchSpace.from_expressions(["relu(x)", "tanh(x)", "abs(x)", "sigmoid(x)", "erf(x)"])
+    sampler = AquaSurfSampler(space, seed=0, baselines=["relu(x)"])
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    with pytest.warns(UserWarning, match="all 5 functions of the search space have been tried"):
+        study.optimize(closeness_to_gelu, n_trials=20)
+    assert len(study.trials) == 6  # five functions, then the best again, and the study stops
+    repeat = study.trials[-1]
+    best = max(study.trials[:5], key=lambda t: t.value)
+    assert repeat.user_attrs["activation"] == best.user_attrs["activation"]
+    assert repeat.user_attrs["repeat_of"] == best.number
+    assert sampler.search(study).exhausted is not None
+
+
+def test_exhausted_under_max_cost_counts_the_affordable_functions():
+    space = SearchSpace.from_schemas(["unary(x)"], unary=["relu", "tanh", "sinh", "cosh", "abs"])
+    sampler = AquaSurfSampler(space, seed=0, max_cost=1e9, baselines=[])
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    affordable = int((sampler.costs(study) <= 1e9).sum())
+    match = f"all {affordable} functions under max_cost=1000000000.0 have been tried"
+    with pytest.warns(UserWarning, match=match):
+        study.optimize(closeness_to_gelu, n_trials=20)
+    assert len(study.trials) == affordable + 1
+
+
+def test_a_space_with_nothing_affordable_is_a_clear_error():
+    space = SearchSpace.from_expressions(["sinh(x)", "cosh(x)"])
+    sampler = AquaSurfSampler(space, seed=0, max_cost=1e-9, baselines=[])
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    with pytest.raises(SpaceExhaustedError, match="no function to try: all 0 functions under"):
+        study.optimize(closeness_to_gelu, n_trials=1)
+

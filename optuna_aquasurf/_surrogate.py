@@ -1,20 +1,117 @@
-"""Which untried function to train next, given the functions' coordinates (in the feature space
-or on the 2-D map) and the scores so far."""
+"""The surrogate: from the functions' coordinates (in the feature space or on the 2-D map), the
+scores observed so far and the prior's, a predicted score for every function and how sure it is.
+
+The model is a k-nearest-neighbour regressor (inverse-distance weighted, k=3, unless the user
+gives another scikit-learn regressor). Its neighbour tables are kept between picks
+(:class:`Neighbours`), so that a pick in a large space costs one pass over the points per new
+observation rather than a kd-tree query of every point.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
 
 import numpy as np
 from sklearn.base import RegressorMixin, clone
 from sklearn.neighbors import KNeighborsRegressor
 
-#: The acquisition rules a sampler accepts.
-ACQUISITIONS = ("ucb", "explore", "greedy")
+from optuna_aquasurf import _transfer
+from optuna_aquasurf._feature_space import length_scale
+
 #: Nearest scored functions whose scores tell how sure a prediction is (unless the regressor is
 #: a k-nearest-neighbour one: then its own k).
 UNCERTAINTY_NEIGHBOURS = 3
 #: New sites that `Neighbours` adds one by one (each costs about 1% of a kd-tree query of every
 #: point); more are cheaper as one query.
 _ADD_AT_MOST = 64
+
+
+class Surrogate:
+    """The predictions of one study's surrogate, from its scores and its prior.
+
+    Built once per study and kept between its picks, with the tables and constants that do
+    not change as scores come: the neighbour tables, the length scale of the uncertainty and
+    the prior's surfaces.
+
+    Parameters
+    ----------
+    points
+        The functions' coordinates the surrogate reads, one row each.
+    regressor
+        The scikit-learn regressor from points to scores (see :func:`default_regressor`).
+    seed
+        Seed of the sample that measures the length scale.
+    prior
+        Each prior source's scored functions and their quantiles (0 worst, 1 best).
+    """
+
+    def __init__(
+        self,
+        points: np.ndarray,
+        regressor: RegressorMixin,
+        seed: int = 0,
+        prior: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+    ):
+        self.points = points
+        self.regressor = regressor
+        self.seed = seed
+        self.prior = list(prior)
+        self._tried = Neighbours()
+        self._scored = Neighbours()
+
+    @cached_property
+    def length_scale(self) -> float:
+        """The distance over which a score stops telling about another function's (see
+        :func:`~optuna_aquasurf._feature_space.length_scale`)."""
+        return length_scale(self.points, self.seed)
+
+    @cached_property
+    def prior_surfaces(self) -> list[_transfer.PriorSurface]:
+        """Each prior source's quantiles spread over the points."""
+        return [prior_surface(self.points, f, q, self.length_scale) for f, q in self.prior]
+
+    def predict(
+        self, functions: np.ndarray, scores: np.ndarray, uncertainty: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The predicted score of every function from the observed ``scores`` of ``functions``
+        (higher is better) and the prior, and with ``uncertainty`` how unsure each prediction
+        is (see :func:`predict_with_uncertainty`; else None)."""
+        predicted, spread = None, None
+        if len(scores) > 0:
+            if uncertainty:
+                k = neighbours_of(self.regressor)
+                knn, spread = predict_with_uncertainty(
+                    self._scored, self.points, functions, scores, k, self.length_scale
+                )
+                if is_default_knn(self.regressor):
+                    predicted = knn
+            if predicted is None:
+                predicted = predict(self.regressor, self.points, functions, scores, self._scored)
+        if self.prior:
+            predicted, share = _transfer.with_prior(
+                self.prior_surfaces, functions, scores, predicted
+            )
+            if spread is not None:
+                spread = (1 - share) * spread
+        return predicted, spread
+
+    def distance_to_tried(self, tried: np.ndarray) -> np.ndarray:
+        """Distance of every function to the nearest of ``tried`` (zero while none is)."""
+        return distance_to_nearest(self._tried, self.points, tried)
+
+
+def prior_surface(
+    points: np.ndarray, functions: np.ndarray, quantiles: np.ndarray, length_scale: float
+) -> _transfer.PriorSurface:
+    """The :class:`~optuna_aquasurf._transfer.PriorSurface` of a source that scored
+    ``functions`` of the space whose surrogate coordinates are ``points``."""
+    neighbours = Neighbours()
+    regressor = default_regressor()
+    predicted = predict(regressor, points, functions, quantiles, neighbours)
+    squared, _ = neighbours.nearest(points, functions, regressor.n_neighbors)  # predict's table
+    closeness = np.exp(-np.square(np.sqrt(squared[:, 0]) / length_scale))
+    return _transfer.PriorSurface(functions, quantiles, predicted, closeness)
 
 
 def default_regressor(n_neighbors: int = 3) -> RegressorMixin:
@@ -116,12 +213,6 @@ def distance_to_nearest(neighbours: Neighbours, coords: np.ndarray, sites: np.nd
     return np.sqrt(squared[:, 0])
 
 
-def farthest_first(distance: np.ndarray, candidates: np.ndarray, n: int) -> np.ndarray:
-    """The ``n`` candidates farthest from the nearest tried point (``distance``, one value per
-    point of the map), farthest first."""
-    return _best(distance[candidates], candidates, n)
-
-
 def predict(
     regressor: RegressorMixin,
     coords: np.ndarray,
@@ -209,30 +300,6 @@ def _sum_rows(values: np.ndarray) -> np.ndarray:
     return total
 
 
-def rank(
-    acquisition: str,
-    predicted: np.ndarray,
-    candidates: np.ndarray,
-    exploration: float,
-    n: int,
-    bonus: np.ndarray | None = None,
-) -> np.ndarray:
-    """The ``n`` best candidates, best first, scores being "higher is better".
-
-    ``"greedy"`` (the reference rule) orders by predicted score alone. ``"ucb"`` adds
-    ``exploration`` times the uncertainty of :func:`predict_with_uncertainty` (``bonus``): an
-    upper confidence bound. ``"explore"`` adds ``exploration`` times the distance to the nearest
-    tried point (``bonus``), both terms scaled to [0, 1] over the candidates, so that regions far
-    from everything tried keep a chance.
-    """
-    value = predicted[candidates]
-    if acquisition == "ucb":
-        value = value + exploration * bonus[candidates]
-    elif acquisition == "explore":
-        value = _unit(value) + exploration * _unit(bonus[candidates])
-    return _best(value, candidates, n)
-
-
 def _is_euclidean_knn(regressor: RegressorMixin) -> bool:
     return (
         type(regressor) is KNeighborsRegressor
@@ -245,17 +312,6 @@ def _is_euclidean_knn(regressor: RegressorMixin) -> bool:
     )
 
 
-def _best(values: np.ndarray, candidates: np.ndarray, n: int) -> np.ndarray:
-    """The ``n`` candidates of highest value, highest first; as the first ``n`` of a stable sort
-    (ties in candidate order, NaN last) without sorting them all."""
-    key = -values
-    if len(key) > n:
-        nth = np.partition(key, n - 1)[n - 1]
-        kept = np.flatnonzero(~(key > nth))  # the n smallest keys and all ties (NaN kept)
-        return candidates[kept[np.argsort(key[kept], kind="stable")[:n]]]
-    return candidates[np.argsort(key, kind="stable")]
-
-
 def _squared_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Squared euclidean distances between points ``a`` and ``b`` given dimension by dimension
     (first axis) and broadcast, summed over the dimensions in order as the kd-tree sums them."""
@@ -263,8 +319,3 @@ def _squared_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     for a_dimension, b_dimension in zip(a, b):
         total = total + np.square(a_dimension - b_dimension)
     return total
-
-
-def _unit(values: np.ndarray) -> np.ndarray:
-    span = values.max() - values.min() if len(values) else 0.0
-    return (values - values.min()) / span if span > 0 else np.zeros_like(values)
