@@ -18,7 +18,7 @@ from optuna_aquasurf._fisher_budget import (
     fill_from_neighbours,
     space_filling_subset,
 )
-from optuna_aquasurf._space import SearchSpace
+from optuna_aquasurf._space import SearchSpace, are_near_twins
 from optuna_aquasurf._store import Store
 
 if TYPE_CHECKING:
@@ -256,15 +256,25 @@ class SpaceMap:
 
     def locate(self, expression: str) -> tuple[int, bool]:
         """The position in the space of the function ``expression`` computes, and True; or, for a
-        function outside the space, the nearest one by output features, and False."""
+        function outside the space, the nearest one by output features, and whether it is a
+        near twin of it (equal up to float rounding, see :meth:`SearchSpace.near_twins`)."""
         with self._lock:
             if expression not in self._locations:
                 function = self.find(expression)
                 if function is not None:
                     self._locations[expression] = (function, True)
                 else:
-                    self._locations[expression] = (self._nearest(expression), False)
+                    self._locations[expression] = self._nearest(expression)
             return self._locations[expression]
+
+    @cached_property
+    def twin_of(self) -> np.ndarray:
+        """For every function, the first of its near twins (itself when it has none): the
+        function that stands for all of them in a search."""
+        first = np.arange(len(self.space))
+        for group in self.space.near_twins():
+            first[group] = group[0]
+        return first
 
     def costs(self, store: Store, device: str | torch.device = "cpu") -> np.ndarray:
         """Every function's cost, that of its expression in :attr:`SearchSpace.expressions`
@@ -288,10 +298,13 @@ class SpaceMap:
             return self.space.index(expression)
         return self.space.find_equivalent(expression)
 
-    def _nearest(self, expression: str) -> int:
+    def _nearest(self, expression: str) -> tuple[int, bool]:
+        """The function nearest to ``expression`` by output features, and whether it is its
+        near twin."""
         from optuna_aquasurf.features import output_features
 
-        point = output_features(SearchSpace.from_expressions([expression]))[0]
+        alone = SearchSpace.from_expressions([expression])
+        point = output_features(alone)[0]
         outputs = self.output_features()
         # |a - b|^2 = |a|^2 - 2 a.b + |b|^2: one matrix-vector product, no copy of the outputs;
         # its float32 rounding can reorder near ties, so the closest few are measured exactly.
@@ -300,7 +313,9 @@ class SpaceMap:
             np.argpartition(rough, min(NEAREST_CHECKED, len(rough) - 1))[:NEAREST_CHECKED]
         )
         exact = np.linalg.norm(outputs[closest] - point, axis=1)
-        return int(closest[np.argmin(exact)])
+        nearest = int(closest[np.argmin(exact)])
+        twin = alone.finite[0] and are_near_twins(alone.outputs(), self.space.outputs([nearest]))
+        return nearest, bool(twin)
 
     @cached_property
     def _squared_norms(self) -> np.ndarray:

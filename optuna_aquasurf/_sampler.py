@@ -281,12 +281,15 @@ class AquaSurfSampler(BaseSampler):
                 chosen = search.choose(trial)  # claimed there
             else:
                 chosen = chosen if chosen is not None else canonical(fixed)
-                function, exact = self.locate(chosen)
+                function, exact = search.locate(chosen)
                 if exact:
                     search.claim(trial, function)  # a retry or an enqueued trial takes it over
         if trial.user_attrs.get(name) != chosen:
             trial.set_user_attr(name, chosen)
-        if trial.user_attrs.get("worker") != worker_label():  # see _dead_workers
+        # See _dead_workers. Only study.optimize surely trains its trials in this process: Ray
+        # Tune asks in its driver, trains in its workers, and resumes a dead driver's trials.
+        runs_here = study._thread_local.in_optimize_loop
+        if runs_here and trial.user_attrs.get("worker") != worker_label():
             trial.set_user_attr("worker", worker_label())
         return chosen
 

@@ -108,15 +108,15 @@ class StudySearch:
             eligible &= space.finite
         if self.options.max_cost is not None:
             eligible &= self.affordable()
-        available = eligible.copy()
-        available[tried] = False
+        available = eligible & ~np.isin(self.space_map.twin_of, tried)
         for _ in range(2):
             for function in self._ranking(trials, tried, available):
                 if self.claim(trial, int(function)):
                     return self.name_of(int(function))
             # The baselines left are all being tried by other workers: rank the rest.
             available[list(self.baselines)] = False
-        return self._when_exhausted(trial, trials, int(eligible.sum()))
+        functions_left = len(np.unique(self.space_map.twin_of[eligible]))
+        return self._when_exhausted(trial, trials, functions_left)
 
     def _when_exhausted(self, trial: optuna.Trial, trials, eligible: int) -> str:
         """When each of the ``eligible`` functions has been tried or is being tried: warn once,
@@ -178,7 +178,8 @@ class StudySearch:
             scores = -scores
         rng = self._pick_rng(len(tried))
         pick = Pick(self.surrogate, functions, scores, tried, candidates, rng, CLAIM_ATTEMPTS)
-        picks_after_baselines = len(set(tried.tolist()) - set(self.baselines))
+        baselines = {int(self.space_map.twin_of[f]) for f in self.baselines}
+        picks_after_baselines = len(set(tried.tolist()) - baselines)
         if picks_after_baselines < self.options.n_design or (
             len(scores) == 0 and not self.options.prior
         ):
@@ -196,7 +197,8 @@ class StudySearch:
         return np.random.default_rng([self.options.seed, n_tried])
 
     def claim(self, trial: optuna.Trial | FrozenTrial, function: int) -> bool:
-        """Record that ``trial`` trains ``function``; False if another live trial does."""
+        """Record that ``trial`` trains ``function`` (and so its near twins); False if another
+        live trial does."""
 
         def is_stale(trial_id: int) -> bool:
             """Whether the holder of a claim failed or is not a trial of this study."""
@@ -204,6 +206,7 @@ class StudySearch:
             holder = next((t for t in trials if t._trial_id == trial_id), None)
             return holder is None or holder.state == TrialState.FAIL
 
+        function = int(self.space_map.twin_of[function])
         return self.store.claim(self.study._study_id, function, trial._trial_id, is_stale)
 
     def name_of(self, function: int) -> str:
@@ -213,10 +216,16 @@ class StudySearch:
 
     # What the trials say.
 
+    def locate(self, expression: str) -> tuple[int, bool]:
+        """The function ``expression`` computes, as the search counts it: its location in the
+        space (:meth:`SpaceMap.locate`), near twins counted as one, the first of them."""
+        function, exact = self.space_map.locate(expression)
+        return int(self.space_map.twin_of[function]), exact
+
     def trials(self, exclude: int | None = None) -> list[tuple[FrozenTrial, tuple[int, bool]]]:
-        """The trials with an activation (but ``exclude``), and its location in the space."""
+        """The trials with an activation (but ``exclude``), and its :meth:`locate`."""
         return [
-            (t, self.space_map.locate(t.user_attrs[self.name]))
+            (t, self.locate(t.user_attrs[self.name]))
             for t in self.study.get_trials(deepcopy=False)
             if self.name in t.user_attrs and t._trial_id != exclude
         ]
@@ -242,7 +251,10 @@ class StudySearch:
         allows: the next picks, which need no map."""
         tried = {f for _, (f, exact) in self.trials() if exact}
         too_costly = self.baselines_over_cost()
-        return [b for f, b in self.baselines.items() if f not in tried and b not in too_costly]
+        twin_of = self.space_map.twin_of
+        return [
+            b for f, b in self.baselines.items() if twin_of[f] not in tried and b not in too_costly
+        ]
 
     # The surrogate and the prior.
 

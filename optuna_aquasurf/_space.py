@@ -22,6 +22,13 @@ from optuna_aquasurf._operators import NARY, get_operator, operator_names
 from optuna_aquasurf._probe_points import EVALUATION_WIDTH, N_PROBE_POINTS, reference_arithmetic
 from optuna_aquasurf._slots import CallSlot, InputSlot, ListSlot, Slot
 
+#: Near twins (:meth:`SearchSpace.near_twins`): outputs within ``atol + rtol * |b|`` at every
+#: probe point, a few float32 roundings apart (swish(x) and mul(sigmoid(x),x) differ by at most
+#: 2.4e-7).
+TWIN_RTOL = 1e-5
+TWIN_ATOL = 1e-6
+#: Probe points on which candidate pairs of near twins are looked for, before all are checked.
+TWIN_SAMPLE_POINTS = 16
 #: Placeholder words of schemas and the arity of the operators they stand for.
 SCHEMA_WORDS = {"unary": 1, "binary": 2, "n-ary": NARY}
 
@@ -207,6 +214,40 @@ class SearchSpace:
             out[i : i + self._batch_size] = self._name_outputs(names[i : i + self._batch_size])
         return out
 
+    def near_twins(self, rtol: float = TWIN_RTOL, atol: float = TWIN_ATOL) -> list[list[int]]:
+        """The groups of functions whose outputs differ only by float rounding: at every probe
+        point ``|a - b| <= atol + rtol * |b|`` between two members (finite functions only; the
+        exact grouping stays as it is). Each group is sorted, groups by their first member.
+
+        A member is joined to a group through any member within the tolerance, so a group may
+        hold a chain of near-equal functions.
+
+        Examples
+        --------
+        >>> from optuna_aquasurf import SearchSpace
+        >>> space = SearchSpace.from_expressions(["swish(x)", "mul(sigmoid(x),x)", "tanh(x)"])
+        >>> space.near_twins()
+        [[0, 1]]
+        """
+        from scipy.cluster.hierarchy import DisjointSet
+        from scipy.spatial import cKDTree
+
+        finite = np.flatnonzero(self.finite)
+        sample = np.linspace(0, N_PROBE_POINTS - 1, TWIN_SAMPLE_POINTS).astype(np.int64)
+        # On the asinh scale a relative difference is an absolute one: near twins are within
+        # atol + rtol of each other at every point, so a kd-tree finds all candidate pairs.
+        coarse = np.arcsinh(self.outputs(finite)[:, sample].double().numpy())
+        candidates = cKDTree(coarse).query_pairs(atol + rtol, p=np.inf, output_type="ndarray")
+        twins = DisjointSet(range(len(finite)))
+        for start in range(0, len(candidates), self._batch_size):
+            pairs = candidates[start : start + self._batch_size]
+            a = self.outputs(finite[pairs[:, 0]])
+            b = self.outputs(finite[pairs[:, 1]])
+            for i, j in pairs[are_near_twins(a, b, rtol, atol).numpy()]:
+                twins.merge(int(i), int(j))
+        groups = [sorted(int(finite[i]) for i in group) for group in twins.subsets()]
+        return sorted(group for group in groups if len(group) > 1)
+
     @cached_property
     def fingerprint(self) -> str:
         """A hex digest that changes whenever the names, groups or their order change."""
@@ -247,6 +288,14 @@ class SearchSpace:
                 rows = torch.from_numpy(slot_numbers == k)
                 out[rows] = self._slots[k].outputs(names[rows.numpy()] - self._offsets[k])
         return out[:, :N_PROBE_POINTS]
+
+
+def are_near_twins(
+    a: torch.Tensor, b: torch.Tensor, rtol: float = TWIN_RTOL, atol: float = TWIN_ATOL
+) -> torch.Tensor:
+    """Whether each row of outputs ``a`` is a near twin of the same row of ``b`` (see
+    :meth:`SearchSpace.near_twins`)."""
+    return ((a - b).abs() <= atol + rtol * b.abs()).all(dim=1)
 
 
 def _row_digests(outputs: torch.Tensor) -> Iterator[bytes]:

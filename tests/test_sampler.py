@@ -474,3 +474,31 @@ def test_a_space_with_nothing_affordable_is_a_clear_error():
     with pytest.raises(SpaceExhaustedError, match="no function to try: all 0 functions under"):
         study.optimize(closeness_to_gelu, n_trials=1)
 
+
+def test_near_twins_are_trained_once_and_seen_as_one_function():
+    """swish(x), a baseline, and mul(sigmoid(x),identity(x)) compute the same function up to
+    float rounding: once one is tried the other is never suggested, and the surrogate has one
+    observation of both."""
+    twin = "mul(sigmoid(x),identity(x))"
+    space = SearchSpace.from_expressions(["swish(x)", twin, "relu(x)", "tanh(x)", "abs(x)"])
+    assert space.near_twins() == [[0, 1]]
+    sampler = AquaSurfSampler(space, seed=0, baselines=["swish(x)", "relu(x)"])
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.enqueue_trial({"activation": twin})
+    study.optimize(closeness_to_gelu, n_trials=4)
+    suggested = [t.user_attrs["activation"] for t in study.trials]
+    assert suggested[0] == twin and "swish(x)" not in suggested
+    assert sorted(suggested) == sorted([twin, "relu(x)", "tanh(x)", "abs(x)"])
+    search = sampler.search(study)
+    functions, _ = search.observations(search.trials())
+    assert len(functions) == 4 and search.locate("swish(x)") == search.locate(twin)
+
+
+def test_a_baseline_outside_the_space_finds_its_near_twin():
+    space = SearchSpace.from_expressions(["mul(sigmoid(x),identity(x))", "relu(x)", "tanh(x)"])
+    sampler = AquaSurfSampler(space, seed=0, baselines=["swish(x)"])
+    assert sampler.locate("swish(x)") == (0, True)
+    assert sampler.locate("gelu(x)")[1] is False
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(closeness_to_gelu, n_trials=1)
+    assert study.trials[0].user_attrs["activation"] == "swish(x)"
