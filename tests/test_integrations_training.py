@@ -7,21 +7,12 @@ import functools
 import pytest
 import torch
 
+from optuna_aquasurf._options import DEFAULT_BASELINES
 from optuna_aquasurf.integrations import find_activation_sites
 from tests.test_integrations_models import MODELS, _build
 
 # The eight baselines, and exp(x): relu, sigmoid, tanh and exp save their output for backward.
-EXPRESSIONS = (
-    "elu(x)",
-    "relu(x)",
-    "selu(x)",
-    "sigmoid(x)",
-    "softplus(x)",
-    "softsign(x)",
-    "swish(x)",
-    "tanh(x)",
-    "exp(x)",
-)
+EXPRESSIONS = (*DEFAULT_BASELINES, "exp(x)")
 
 
 def _cases():
