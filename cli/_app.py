@@ -226,7 +226,7 @@ def top(
     json: Json = False,
 ):
     """The best functions of a study, with their scores, costs (in relu passes: forward and
-    backward time over relu's, on the CPU) and equivalent names."""
+    backward time over relu's, as the study measured them) and equivalent names."""
     from optuna_aquasurf.cli import _views
     from optuna_aquasurf.cli._storage import load_study
 
@@ -270,24 +270,18 @@ def plot(
     """
     import optuna
 
+    from optuna_aquasurf.cli._objective import resolve_device
     from optuna_aquasurf.cli._plot import write_plots
     from optuna_aquasurf.cli._storage import load_study
+    from optuna_aquasurf.cli._study_sampler import plot_sampler
+    from optuna_aquasurf.cli._userfile import load_user_file
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     loaded = load_study(storage, study or (file.stem if file else None))
     if file is None:
-        from optuna_aquasurf.cli._views import stored_map_sampler
-
-        sampler = stored_map_sampler(loaded)
+        sampler = plot_sampler(loaded)
     else:
-        from optuna_aquasurf.cli._objective import resolve_device
-        from optuna_aquasurf.cli._optimize import build_sampler
-        from optuna_aquasurf.cli._userfile import load_user_file
-        from optuna_aquasurf.cli._views import SETTINGS_ATTR
-
-        user = load_user_file(file)
-        seed = loaded.user_attrs.get(SETTINGS_ATTR, {}).get("seed", 0)
-        sampler = build_sampler(user, seed, resolve_device(device))
+        sampler = plot_sampler(loaded, load_user_file(file), resolve_device(device))
     with err_console.status("Map of the space (computed if missing) and plots..."):
         paths = write_plots(loaded, sampler, out)
     for path in paths:
@@ -299,31 +293,49 @@ def plot(
 def export(
     storage: Storage = DEFAULT_STORAGE,
     study: StudyName = None,
+    pick: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            metavar="N",
+            help="In a study of score and cost: export member N of the Pareto front, as "
+            "`aquasurf best` numbers it.",
+        ),
+    ] = None,
+    max_cost: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            metavar="X",
+            help="Export the study's best function that costs at most X relu passes.",
+        ),
+    ] = None,
     expression: Annotated[
         str | None,
-        typer.Option(help="Export this expression instead of the study's best."),
+        typer.Option(help="Export this expression instead of a function of the study."),
     ] = None,
     out: Annotated[Path, typer.Option(help="The .py file to write.")] = Path(
         "aquasurf_activation.py"
     ),
 ):
-    """Write the best activation (or --expression) as a module file that needs only torch."""
-    from optuna_aquasurf.cli._export import write_module
+    """Write an activation as a module file that needs only torch: the study's best (in a study
+    of score and cost, the best score on its Pareto front), --pick, --max-cost or --expression.
+    """
+    from optuna_aquasurf.cli._export import study_origin, write_module
 
+    origin = cost = None
     if expression is None:
         from optuna_aquasurf.cli._storage import load_study
-        from optuna_aquasurf.cli._views import best_record
+        from optuna_aquasurf.cli._views import export_record
 
-        record = best_record(load_study(storage, study))
-        expression, cost = record["expression"], record["cost"]  # the study's, in its front
-        origin = (
-            f"Study {record['study']!r}, trial {record['trial']}: score {record['score']:.6g} "
-            f"({record['direction']})."
-        )
-    else:
-        origin, cost = "Exported by `aquasurf export`.", None
-    cost = write_module(out, expression, origin, cost)
+        record = export_record(load_study(storage, study), pick, max_cost)
+        expression, cost, origin = record["expression"], record["cost"], study_origin(record)
+    elif pick is not None or max_cost is not None:
+        raise UserError("--expression names the function to export: leave out --pick, --max-cost.")
+    cost = write_module(out, expression, origin or "Exported by `aquasurf export`.", cost)
     console.print(f"wrote {escape(str(out))}: {escape(expression)}, cost {cost:.3g} relu passes")
+    if origin:
+        console.print(escape(origin), soft_wrap=True)
     console.print(
         f"Use it:  from {out.stem} import Activation   (needs only torch; put the file next "
         "to your code)\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Any
 
 from optuna_aquasurf import Expression, parse
 from optuna_aquasurf._cost import measured_cost
@@ -192,6 +193,23 @@ def module_source(expression: str, module: str, origin: str, cost: float) -> str
         functional="import torch.nn.functional as F\n" if uses_functional else "",
         body="\n".join(f"    {line}" for line in body),
     )
+
+
+def study_origin(record: dict[str, Any]) -> str:
+    """Where a function of a study comes from, said in the module file and by ``aquasurf
+    export``: the study, the trial, its score and, in a study of score and cost, its member
+    number on the Pareto front (a record of :func:`~optuna_aquasurf.cli._views.export_record`).
+    """
+    origin = (
+        f"Study {record['study']!r}, trial {record['trial']}: score {record['score']:.6g} "
+        f"({record['direction']})"
+    )
+    if "front_member" in record:
+        origin += (
+            f", front member {record['front_member']} of {record['front_size']} "
+            "(as `aquasurf best` numbers them)"
+        )
+    return origin + "."
 
 
 def write_module(path: Path, expression: str, origin: str, cost: float | None = None) -> float:

@@ -22,6 +22,10 @@ from pathlib import Path
 import optuna
 
 from optuna_aquasurf.cli._console import err_console
+from optuna_aquasurf.cli._objective import resolve_device
+from optuna_aquasurf.cli._storage import open_storage
+from optuna_aquasurf.cli._study_sampler import StudySettings, study_sampler
+from optuna_aquasurf.cli._userfile import load_user_file
 
 #: Seconds the map process gets to give its leases back when the search ends first.
 STOP_TIMEOUT = 10.0
@@ -39,8 +43,8 @@ class BackgroundMap:
     path
         The model file.
     settings
-        The search's :class:`~optuna_aquasurf.cli._optimize.SearchSettings` (storage, seed,
-        device).
+        The search's :class:`~optuna_aquasurf.cli._optimize.SearchSettings` (its storage and
+        device; the sampler is the study's, from the settings kept with it).
     """
 
     def __init__(self, study: optuna.Study, path: Path, settings) -> None:
@@ -143,24 +147,16 @@ def compute_map(path: Path, settings, study_name: str, parent: int, features_rea
     that the leases it holds are given back. Errors end it quietly with exit code 1: the search
     process computes what is missing itself and reports them.
     """
-    from optuna_aquasurf.cli._objective import resolve_device
-    from optuna_aquasurf.cli._optimize import build_sampler
-    from optuna_aquasurf.cli._storage import open_storage
-    from optuna_aquasurf.cli._userfile import load_user_file
-    from optuna_aquasurf.cli._views import SETTINGS_ATTR
-
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the search process's to handle
     _stop_with_parent(parent)
     warnings.simplefilter("ignore")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        user = load_user_file(path)
-        sampler = build_sampler(user, settings.seed, resolve_device(settings.device))
-        study = optuna.load_study(
-            study_name=study_name, storage=open_storage(settings.storage_url), sampler=sampler
-        )
-        if sampler.map_key != study.user_attrs.get(SETTINGS_ATTR, {}).get("map"):
+        study = optuna.load_study(study_name=study_name, storage=open_storage(settings.storage_url))
+        kept = StudySettings.of(study)
+        sampler = study_sampler(kept, load_user_file(path), resolve_device(settings.device))
+        if sampler.map_key != kept.map_key:
             sys.exit(OTHER_MAP)
         sampler.surrogate_points(study)
         features_ready.set()

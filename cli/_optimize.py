@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.markup import escape
 from sqlalchemy.exc import SQLAlchemyError
 
-from optuna_aquasurf import AquaSurfSampler, SpaceExhaustedError
+from optuna_aquasurf import SpaceExhaustedError
 from optuna_aquasurf._dead_workers import fail_trials_of_dead_workers
 from optuna_aquasurf._prior import source_label
 from optuna_aquasurf._store import lost_connection
@@ -25,6 +26,7 @@ from optuna_aquasurf.cli._objective import (
 )
 from optuna_aquasurf.cli._progress import SearchProgress
 from optuna_aquasurf.cli._storage import masked, open_storage
+from optuna_aquasurf.cli._study_sampler import StudySettings, study_sampler
 from optuna_aquasurf.cli._tracking_storage import last_started
 from optuna_aquasurf.cli._trials import LOST_CONNECTION, count_finished, pending_reruns
 from optuna_aquasurf.cli._userfile import (
@@ -51,30 +53,6 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner()
     return optuna.pruners.NopPruner()
-
-
-def build_sampler(
-    user: UserFile, seed: int, device, settings: SearchSettings | None = None
-) -> AquaSurfSampler:
-    """The sampler of the model file: its SPACE, a Fisher probe with ``fisher_batch()``, and
-    the ``--prior`` and ``--max-cost`` of ``settings``; costs are measured on ``device``.
-
-    Raises
-    ------
-    UserError
-        For a ``--prior`` that names nothing readable or a ``--max-cost`` of zero.
-    """
-    try:
-        return AquaSurfSampler(
-            space=user.search_space(),
-            probe=user.probe(seed, device),
-            seed=seed,
-            prior=settings.prior if settings else (),
-            max_cost=settings.max_cost if settings else None,
-            cost_device=str(device),
-        )
-    except ValueError as error:
-        raise UserError(str(error)) from None
 
 
 def find_sites(user: UserFile) -> None:
@@ -126,9 +104,22 @@ class SearchSettings:
         ``--objectives score,cost`` the cost's."""
         return [score_direction] + (["minimize"] if self.with_cost else [])
 
+    def kept(self, user: UserFile, device) -> StudySettings:
+        """What the search of the model file ``user`` on ``device`` keeps with its study, but
+        its map key, which its sampler gives."""
+        return StudySettings.of_model_file(
+            user,
+            seed=self.seed,
+            prior=self.prior,
+            max_cost=self.max_cost,
+            objectives=tuple(self.objectives.split(",")),
+            cost_device=str(device),
+        )
+
 
 def open_study(path: Path, settings: SearchSettings) -> tuple[UserFile, optuna.Study]:
-    """The model file and its study, created or loaded, with the sampler of the file.
+    """The model file and its study, created or loaded, with the sampler of the settings that
+    this search keeps with it (:meth:`SearchSettings.kept`).
 
     Raises
     ------
@@ -146,11 +137,12 @@ def open_study(path: Path, settings: SearchSettings) -> tuple[UserFile, optuna.S
         max_retry=settings.max_retry,
     )
     directions = settings.directions(user.direction)
+    kept = settings.kept(user, torch_device)
     study = optuna.create_study(
         storage=storage,
         study_name=settings.study_name or path.stem,
         directions=directions,
-        sampler=build_sampler(user, settings.seed, torch_device, settings),
+        sampler=study_sampler(kept, user, torch_device),
         pruner=make_pruner(settings.pruner),
         load_if_exists=True,
     )
@@ -162,16 +154,7 @@ def open_study(path: Path, settings: SearchSettings) -> tuple[UserFile, optuna.S
             f"--objectives {settings.objectives} asks for {directions}: choose another --study "
             "name."
         )
-    study.set_user_attr(
-        _views.SETTINGS_ATTR,
-        {
-            "file": str(path),
-            "space": user.space,
-            "seed": settings.seed,
-            "map": _map_key(study),
-            "objectives": settings.objectives.split(","),
-        },
-    )
+    dataclasses.replace(kept, map_key=_map_key(study)).save(study)
     _read_prior(study)
     return user, study
 

@@ -127,23 +127,6 @@ class UserFile:
         """``data()``, called once: (train_loader, val_loader)."""
         return _pair(self.data(), "data() must return (train_loader, val_loader)")
 
-    def search_space(self):
-        """The :class:`~optuna_aquasurf.SearchSpace` of ``SPACE``, or None for the default.
-
-        Raises
-        ------
-        UserError
-            For a malformed schema or expression.
-        """
-        if self.space is None:
-            return None
-        from optuna_aquasurf import SearchSpace
-
-        try:
-            return SearchSpace.from_schemas(self.space)
-        except ValueError as error:
-            raise UserError(f"SPACE in {self.path}: {error}") from None
-
     def probe(self, seed: int, device):
         """A :class:`~optuna_aquasurf.features.FisherProbe` of the model, or None without
         ``fisher_batch``."""

@@ -2,7 +2,8 @@
 
 A study has one objective, the score, or two, the score and the cost (``optimize --objectives
 score,cost``): then each completed trial's values are ``[score, cost]``. A function's cost is
-its forward and backward time over relu's on the CPU (:mod:`optuna_aquasurf._cost`).
+its forward and backward time over relu's (:mod:`optuna_aquasurf._cost`), measured once per
+study: every view shows the figure the study recorded (see :func:`cost_of`).
 """
 
 from __future__ import annotations
@@ -20,19 +21,19 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from optuna_aquasurf._cost import measured_cost
 from optuna_aquasurf._front import on_front
 from optuna_aquasurf._scores import has_cost_objective, maximizes_score
 from optuna_aquasurf.cli._console import UserError
 from optuna_aquasurf.cli._storage import masked
+from optuna_aquasurf.cli._study_sampler import StudySettings
 from optuna_aquasurf.cli._trials import count_finished, pending_reruns
 
 #: Equivalent names shown in a table cell before "+N more".
 SHOWN_EQUIVALENTS = 1
-#: Study user attribute where ``optimize`` keeps the model file, SPACE and seed.
-SETTINGS_ATTR = "aquasurf"
 #: The objectives of a study, in the order of its directions.
 OBJECTIVES = ("score", "cost")
+#: Trial user attribute where ``suggest_activation`` records the study's cost of its function.
+COST_ATTR = "activation_cost"
 
 
 def score_is_maximized(study: optuna.Study) -> bool:
@@ -67,11 +68,19 @@ def score_of(trial: FrozenTrial) -> float:
 
 
 def cost_of(trial: FrozenTrial) -> float | None:
-    """A completed trial's cost in relu passes: its second value in a (score, cost) study, else
-    its function's, measured now on the CPU; None for an operator this process does not know (one
-    the model file registers)."""
+    """A completed trial's cost in relu passes, as its study recorded it: its second value in a
+    (score, cost) study, else its :data:`COST_ATTR` attribute.
+
+    A trial without that attribute (from a study older than it, or added outside the sampler)
+    has its function measured now, once per process, on the CPU; None for an operator this
+    process does not know (one the model file registers).
+    """
     if len(trial.values) == len(OBJECTIVES):
         return trial.values[1]
+    if COST_ATTR in trial.user_attrs:
+        return trial.user_attrs[COST_ATTR]
+    from optuna_aquasurf._cost import measured_cost  # torch, only for such trials
+
     try:
         return measured_cost(trial.user_attrs["activation"])
     except (KeyError, ValueError):
@@ -84,7 +93,11 @@ def completed_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The completed trial of the best score, or None."""
+    """The completed trial of the best score, or None; in a (score, cost) study the cheapest of
+    them: the last member of its :func:`cost_front`."""
+    if is_cost_study(study):
+        front = cost_front(study)
+        return front[-1] if front else None
     return min(completed_trials(study), key=_score_order(study), default=None)
 
 
@@ -134,12 +147,13 @@ def status(study: optuna.Study, url: str) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     best = best_trial(study)
     directions = _directions(study)
+    settings = StudySettings.of(study)
     return {
         "study": study.study_name,
         "storage": masked(url),
         "direction": directions[0],
         "directions": directions,
-        "model_file": study.user_attrs.get(SETTINGS_ATTR, {}).get("file"),
+        "model_file": settings.file if settings else None,
         "trials": {
             state.name.lower(): sum(t.state == state for t in trials) for state in TrialState
         },
@@ -178,47 +192,13 @@ def top(study: optuna.Study, limit: int, space=None, by: str = "score") -> list[
 def study_space(study: optuna.Study):
     """The search space of the study's last ``optimize`` run, or None if it cannot be rebuilt
     (an old study, or operators registered by the model file)."""
-    from optuna_aquasurf import PAPER_UNARY, SearchSpace
-
-    settings = study.user_attrs.get(SETTINGS_ATTR)
+    settings = StudySettings.of(study)
     if settings is None:
         return None
     try:
-        if settings.get("space") is None:
-            return SearchSpace.from_schemas(["binary(unary(x),unary(x))"], unary=PAPER_UNARY)
-        return SearchSpace.from_schemas(settings["space"])
+        return settings.search_space()
     except ValueError:
         return None
-
-
-def stored_map_sampler(study: optuna.Study):
-    """An :class:`~optuna_aquasurf.AquaSurfSampler` of the study's space with the map stored
-    with it: what ``aquasurf plot`` needs, without the model file.
-
-    Raises
-    ------
-    UserError
-        When the study records no map, its space cannot be rebuilt, or the map is not stored.
-    """
-    from optuna_aquasurf import AquaSurfSampler
-
-    settings = study.user_attrs.get(SETTINGS_ATTR) or {}
-    space = study_space(study)
-    if "map" not in settings or space is None:
-        raise UserError(
-            f"Study {study.study_name!r} does not record its map (an older study, or operators "
-            "of the model file): give the model file, `aquasurf plot FILE`."
-        )
-    # Without the model there are no Fisher features: the predictions come from the 2-D map.
-    sampler = AquaSurfSampler(
-        space, seed=settings.get("seed", 0), map_key=settings["map"], surrogate="map"
-    )
-    if not sampler.has_embedding(study):
-        raise UserError(
-            f"The map of study {study.study_name!r} is not stored yet: give the model file, "
-            "`aquasurf plot FILE`, to compute it."
-        )
-    return sampler
 
 
 def print_json(data: Any) -> None:
@@ -257,23 +237,19 @@ def print_status(console: Console, data: dict[str, Any]) -> None:
 
 
 def best_record(study: optuna.Study) -> dict[str, Any]:
-    """The study's trial of the best score for JSON.
+    """The study's trial of the best score (:func:`best_trial`) for JSON.
 
     Raises
     ------
     UserError
         When no trial has completed.
     """
-    best = best_trial(study)
-    if best is None:
-        raise UserError(f"Study {study.study_name!r} has no completed trial yet.")
-    record = {"study": study.study_name, "direction": _directions(study)[0]}
-    record.update(trial_record(best))
-    return record
+    return _study_record(study, best_trial(study))
 
 
 def front_record(study: optuna.Study) -> dict[str, Any]:
-    """The Pareto front of a (score, cost) study for JSON: its trials, cheapest first.
+    """The Pareto front of a (score, cost) study for JSON: its trials, cheapest first, each with
+    its number on the front (``member``, from 1).
 
     Raises
     ------
@@ -282,12 +258,104 @@ def front_record(study: optuna.Study) -> dict[str, Any]:
     """
     front = cost_front(study)
     if not front:
-        raise UserError(f"Study {study.study_name!r} has no completed trial yet.")
+        raise _no_completed_trial(study)
     return {
         "study": study.study_name,
         "directions": _directions(study),
-        "front": [trial_record(trial) for trial in front],
+        "front": [{"member": n, **trial_record(t)} for n, t in enumerate(front, 1)],
     }
+
+
+def export_record(
+    study: optuna.Study, pick: int | None = None, max_cost: float | None = None
+) -> dict[str, Any]:
+    """The trial that ``aquasurf export`` writes, as :func:`best_record`: the best
+    (:func:`best_trial`), the best score of those costing at most ``max_cost`` (ties: the
+    cheaper) or the ``pick``-th member of the front (from 1, cheapest first). In a (score, cost)
+    study, whose choice is always a member of its :func:`cost_front`, the record adds its number
+    there, ``front_member``, and the size of the front, ``front_size``.
+
+    Raises
+    ------
+    UserError
+        When no trial has completed, no trial costs at most ``max_cost``, or for a ``pick``
+        beyond the front or in a study of the score alone.
+    """
+    if not is_cost_study(study):
+        if pick is not None:
+            raise UserError(
+                f"--pick chooses a member of the Pareto front of a study of score and cost; "
+                f"study {study.study_name!r} has the score alone: export its best (no option), "
+                "the best costing at most X relu passes (--max-cost X) or any function "
+                "(--expression)."
+            )
+        if max_cost is None:
+            return best_record(study)
+        return _study_record(study, _best_costing_at_most(study, completed_trials(study), max_cost))
+    front = cost_front(study)
+    if not front:
+        raise _no_completed_trial(study)
+    if pick is not None and not 1 <= pick <= len(front):
+        raise UserError(
+            f"--pick {pick}: give a number from 1 to {len(front)}, the members of the Pareto "
+            f"front of study {study.study_name!r} as `aquasurf best` numbers them."
+        )
+    if pick is not None:
+        member = pick
+    elif max_cost is not None:
+        member = front.index(_best_costing_at_most(study, front, max_cost)) + 1
+    else:
+        member = len(front)  # the best score, the front being cheapest first
+    record = _study_record(study, front[member - 1])
+    record.update(front_member=member, front_size=len(front))
+    return record
+
+
+def _best_costing_at_most(
+    study: optuna.Study, trials: list[FrozenTrial], max_cost: float
+) -> FrozenTrial:
+    """The trial of the best score of ``trials`` (completed ones of ``study``) that cost at most
+    ``max_cost``; of equal scores, the cheaper.
+
+    Raises
+    ------
+    UserError
+        When none costs at most ``max_cost`` (or there is none).
+    """
+    within = [t for t in trials if _cost_or_inf(t) <= max_cost]
+    if within:
+        order = _score_order(study)
+        return min(within, key=lambda trial: (order(trial), cost_of(trial)))
+    if not trials:
+        raise _no_completed_trial(study)
+    cheapest = min(trials, key=_cost_or_inf)
+    if cost_of(cheapest) is None:
+        known = ""
+    else:
+        expression = cheapest.user_attrs.get("activation")
+        known = f": its cheapest, {expression}, costs {cost_of(cheapest):.3g} relu passes"
+    raise UserError(
+        f"--max-cost {max_cost:g}: no function of study {study.study_name!r} costs so little"
+        f"{known}."
+    )
+
+
+def _study_record(study: optuna.Study, trial: FrozenTrial | None) -> dict[str, Any]:
+    """``trial`` (a completed trial of ``study``, None when there is none yet) for JSON, with
+    the study's name and score direction.
+
+    Raises
+    ------
+    UserError
+        When ``trial`` is None.
+    """
+    if trial is None:
+        raise _no_completed_trial(study)
+    return {"study": study.study_name, "direction": _directions(study)[0], **trial_record(trial)}
+
+
+def _no_completed_trial(study: optuna.Study) -> UserError:
+    return UserError(f"Study {study.study_name!r} has no completed trial yet.")
 
 
 def print_best(console: Console, record: dict[str, Any]) -> None:
@@ -302,18 +370,22 @@ def print_best(console: Console, record: dict[str, Any]) -> None:
 
 
 def print_front(console: Console, record: dict[str, Any]) -> None:
-    """The Pareto front as a table: cost, score, expression, trial."""
+    """The Pareto front as a table: member number, cost, score, expression, trial."""
     score_direction = record["directions"][0]
     table = Table(
         title=f"Pareto front of {escape(record['study'])}: the best score for its cost",
         title_justify="left",
+        caption="`aquasurf export --pick #` writes one as a module file",
+        caption_justify="left",
     )
+    table.add_column("#", justify="right")
     table.add_column("cost", justify="right")
     table.add_column(f"score ({score_direction})", justify="right")
     table.add_column("activation", overflow="fold")
     table.add_column("trial", justify="right")
     for row in record["front"]:
         table.add_row(
+            str(row["member"]),
             times_relu(row["cost"]),
             f"{row['score']:.6g}",
             escape(str(row["expression"])),

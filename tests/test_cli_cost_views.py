@@ -1,5 +1,6 @@
-"""What the read-only views say about cost: ``top``, ``best``, ``status`` and ``plot`` of a study
-of the score alone (costs measured now) and of a study of (score, cost) (costs stored).
+"""What the views say about cost: ``top``, ``best``, ``status``, ``plot`` and ``export`` of a study
+of the score alone (costs recorded with its trials, or for older trials measured now) and of a
+study of (score, cost) (costs stored as its second values); which function ``export`` writes.
 
 The studies are written with optuna directly, as ``aquasurf optimize`` would leave them, and
 read by the real typer app in this process. Their space has 3 functions, whose map needs no
@@ -9,6 +10,8 @@ UMAP, so ``plot`` takes a second.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import optuna
 import pytest
@@ -19,7 +22,8 @@ from typer.testing import CliRunner
 from optuna_aquasurf import AquaSurfSampler, SearchSpace
 from optuna_aquasurf.cli._app import app
 from optuna_aquasurf.cli._plot import write_cost_plots
-from optuna_aquasurf.cli._views import SETTINGS_ATTR
+from optuna_aquasurf.cli._study_sampler import SETTINGS_ATTR
+from optuna_aquasurf.cli._views import COST_ATTR
 
 SPACE = ["relu(x)", "tanh(x)", "swish(x)"]
 #: The (score, cost) study's trials: expression, score, cost. Softsign ties swish's cost with a
@@ -35,6 +39,13 @@ PARETO = [
 FRONT = ["relu(x)", "tanh(x)", "swish(x)", "mul(x,tanh(x))"]
 #: The single-objective study's trials: expression, score (minimised: a loss).
 LOSSES = [("relu(x)", 0.30), ("tanh(x)", 0.25), ("swish(x)", 0.20), ("cosh(x)", 0.40)]
+#: The single-objective study whose trials record their costs (as ``suggest_activation`` does):
+#: expression, score (minimised), cost. The costs are far from what these functions measure, so a
+#: view that shows them read them.
+RECORDED = [("relu(x)", 0.30, 7.25), ("tanh(x)", 0.25, 11.5), ("swish(x)", 0.20, 30.0)]
+#: A (score, cost) study whose best score is tied: elu(x) first, then the cheaper
+#: sub(swish(x),one(x)), the front's best.
+TIED = [("relu(x)", 0.80, 0.92), ("elu(x)", 0.90, 2.58), ("sub(swish(x),one(x))", 0.90, 2.50)]
 #: A generous band around relu's cost over relu's, for a loaded machine.
 RELU_COST = (0.3, 3.0)
 
@@ -43,7 +54,8 @@ RELU_COST = (0.3, 3.0)
 def storage(tmp_path_factory) -> str:
     """A SQLite database of the studies ``pareto`` (maximize score, minimize cost), ``loss``
     (minimize), ``registered`` (an operator this process does not know) and ``three`` (three
-    objectives), the first two with their map stored."""
+    objectives), the first two with their map stored; ``recorded`` (:data:`RECORDED`) and
+    ``tied`` (:data:`TIED`)."""
     url = f"sqlite:///{tmp_path_factory.mktemp('cost_views') / 'aquasurf.db'}"
     space = SearchSpace.from_schemas(SPACE)
     sampler = AquaSurfSampler(space, seed=0)
@@ -71,6 +83,15 @@ def storage(tmp_path_factory) -> str:
 
     three = optuna.create_study(storage=url, study_name="three", directions=["maximize"] * 3)
     three.add_trial(create_trial(values=[1.0, 2.0, 3.0], user_attrs={"activation": "relu(x)"}))
+
+    recorded = optuna.create_study(storage=url, study_name="recorded", direction="minimize")
+    for expression, score, cost in RECORDED:
+        attrs = {"activation": expression, COST_ATTR: cost}
+        recorded.add_trial(create_trial(value=score, user_attrs=attrs))
+
+    tied = optuna.create_study(storage=url, study_name="tied", directions=["maximize", "minimize"])
+    for expression, score, cost in TIED:
+        tied.add_trial(create_trial(values=[score, cost], user_attrs={"activation": expression}))
     return url
 
 
@@ -100,7 +121,8 @@ def test_top_of_a_cost_study_by_score_and_by_cost(storage):
     assert table.index("relu(x)") < table.index("tanh(x)") < table.index("mul(x,tanh(x))")
 
 
-def test_top_of_a_single_objective_study_measures_the_costs(storage):
+def test_top_of_a_single_objective_study_measures_costs_not_recorded(storage):
+    """The trials of ``loss`` record no cost (a study older than the record): measured now."""
     by_score = as_json(storage, "loss", "top")
     assert [row["expression"] for row in by_score] == ["swish(x)", "tanh(x)", "relu(x)", "cosh(x)"]
     costs = {row["expression"]: row["cost"] for row in by_score}
@@ -135,9 +157,10 @@ def test_best_of_a_cost_study_is_its_pareto_front(storage):
     ]
     study = optuna.load_study(study_name="pareto", storage=storage)
     assert {row["trial"] for row in front} == {t.number for t in study.best_trials}
+    assert [row["member"] for row in front] == [1, 2, 3, 4]  # what `export --pick` takes
 
     table = invoke(storage, "pareto", "best").stdout
-    assert "Pareto front of pareto" in table
+    assert "Pareto front of pareto" in table and "export --pick #" in table
     assert all(expression in table for expression in FRONT)
     assert "sigmoid(x)" not in table and "softsign(x)" not in table
 
@@ -209,3 +232,94 @@ def test_export_of_a_study_of_score_and_cost_writes_the_cost_it_knows(storage, t
     printed = invoke(storage, "pareto", "export", "--out", str(out)).stdout
     assert "mul(x,tanh(x)), cost 4 relu passes" in printed  # the best score, its stored cost
     assert "\nCOST = 4\n" in out.read_text()
+
+
+def test_recorded_costs_are_the_figure_of_every_view(storage, tmp_path):
+    """The costs a study recorded with its trials are shown as they are, never measured again."""
+    costs = {expression: cost for expression, _, cost in RECORDED}
+    assert {row["expression"]: row["cost"] for row in as_json(storage, "recorded", "top")} == costs
+    assert as_json(storage, "recorded", "best")["cost"] == costs["swish(x)"]
+    assert as_json(storage, "recorded", "status")["best"]["cost"] == costs["swish(x)"]
+    assert "cost 30.0x" in invoke(storage, "recorded", "best").stdout
+
+    out = tmp_path / "recorded_act.py"
+    printed = invoke(storage, "recorded", "export", "--out", str(out), "--max-cost", "8").stdout
+    assert "relu(x), cost 7.25 relu passes" in printed
+    assert "\nCOST = 7.25\n" in out.read_text()
+
+    study = optuna.load_study(study_name="recorded", storage=storage)
+    html = write_cost_plots(study, tmp_path)[1].read_text()
+    assert "cost 7.25x relu" in html and "cost 11.50x relu" in html
+
+
+def test_status_and_best_read_recorded_costs_without_torch(storage):
+    """Reading recorded costs needs no measurement, so no torch (which takes seconds to load)."""
+    code = f"""
+import sys
+from typer.testing import CliRunner
+from optuna_aquasurf.cli._app import app
+for view in ("status", "best"):
+    result = CliRunner().invoke(app, [view, "--storage", {storage!r}, "--study", "recorded"])
+    assert result.exit_code == 0, result.output
+print("torch" in sys.modules)
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "False"
+
+
+def test_export_of_a_cost_study_writes_the_cheaper_of_the_best_scores(storage, tmp_path):
+    """elu(x), trained first, scores as sub(swish(x),one(x)) for more cost: off the front."""
+    out = tmp_path / "tied_act.py"
+    printed = invoke(storage, "tied", "export", "--out", str(out)).stdout
+    assert "wrote" in printed and "sub(swish(x),one(x)), cost 2.5 relu passes" in printed
+    assert "trial 2: score 0.9 (maximize), front member 2 of 2" in printed
+    assert 'EXPRESSION = "sub(swish(x),one(x))"' in out.read_text()
+    assert as_json(storage, "tied", "status")["best"]["expression"] == "sub(swish(x),one(x))"
+
+
+@pytest.mark.parametrize(
+    ("choice", "member"),
+    [
+        (["--pick", "1"], 1),
+        (["--pick", "3"], 3),
+        (["--max-cost", "1.7"], 3),  # swish(x), not softsign(x) of the same cost
+        (["--max-cost", "3.9"], 3),  # not sigmoid(x), which scores as swish(x) for more
+        (["--max-cost", "4"], 4),
+    ],
+)
+def test_export_writes_the_front_member_chosen(storage, tmp_path, choice, member):
+    out = tmp_path / "chosen_act.py"
+    printed = invoke(storage, "pareto", "export", "--out", str(out), *choice).stdout
+    expression, score, cost = next(t for t in PARETO if t[0] == FRONT[member - 1])
+    assert f"{expression}, cost {cost:.3g} relu passes" in printed
+    assert f"score {score:.6g} (maximize), front member {member} of {len(FRONT)}" in printed
+    assert f'EXPRESSION = "{expression}"' in out.read_text()
+
+
+def test_export_of_a_single_objective_study_under_a_cost(storage, tmp_path):
+    out = tmp_path / "cheap_act.py"
+    printed = invoke(storage, "recorded", "export", "--out", str(out), "--max-cost", "12").stdout
+    assert "tanh(x), cost 11.5 relu passes" in printed  # swish(x) scores better for 30
+    assert "score 0.25 (minimize)" in printed and "front member" not in printed
+    assert "\nCOST = 11.5\n" in out.read_text()
+
+
+@pytest.mark.parametrize(
+    ("study", "args", "message"),
+    [
+        ("pareto", ["--pick", "5"], "--pick 5: give a number from 1 to 4, the members of"),
+        ("pareto", ["--max-cost", "0.5"], "its cheapest, relu(x), costs 1 relu passes."),
+        ("recorded", ["--max-cost", "5"], "its cheapest, relu(x), costs 7.25 relu passes."),
+        ("recorded", ["--pick", "1"], "study 'recorded' has the score alone"),
+        ("pareto", ["--expression", "relu(x)", "--max-cost", "2"], "leave out --pick, --max-cost"),
+    ],
+)
+def test_export_choices_that_cannot_be_are_clear_errors(storage, tmp_path, study, args, message):
+    out = tmp_path / "act.py"
+    result = CliRunner().invoke(
+        app, ["export", "--storage", storage, "--study", study, "--out", str(out), *args]
+    )
+    assert result.exit_code == 1, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not out.exists()

@@ -19,11 +19,11 @@ import optuna
 from optuna.trial import TrialState
 
 from optuna_aquasurf import AquaSurfSampler
+from optuna_aquasurf._dead_workers import fail_trials_of_dead_workers
 from optuna_aquasurf._sampler import DEFAULT_BASELINES
 from optuna_aquasurf._store import store_for
-from optuna_aquasurf._dead_workers import fail_trials_of_dead_workers
 from optuna_aquasurf.cli._storage import open_storage
-from optuna_aquasurf.cli._userfile import load_user_file
+from optuna_aquasurf.cli._views import study_space
 from tests import test_cli
 from tests.test_cli import aquasurf, start, trials, wait_for
 
@@ -49,8 +49,8 @@ def load(folder: Path) -> optuna.Study:
 
 
 def tiny_sampler(folder: Path) -> AquaSurfSampler:
-    """A sampler of the search space of ``folder/tiny.py``, as the CLI builds it."""
-    return AquaSurfSampler(space=load_user_file(folder / "tiny.py").search_space())
+    """A sampler of the search space of the study in ``folder``, as the CLI builds it."""
+    return AquaSurfSampler(space=study_space(load(folder)))
 
 
 def test_a_killed_run_is_cleaned_up_by_the_next_one(copy):

@@ -29,8 +29,8 @@ from optuna.trial import TrialState
 from optuna_aquasurf._store import lost_connection
 from optuna_aquasurf.cli import _optimize
 from optuna_aquasurf.cli._console import UserError
-from optuna_aquasurf.cli._optimize import build_sampler
 from optuna_aquasurf.cli._storage import open_storage
+from optuna_aquasurf.cli._study_sampler import StudySettings, study_sampler
 from optuna_aquasurf.cli._tracking_storage import last_started
 from optuna_aquasurf.cli._trials import count_finished, pending_reruns
 from optuna_aquasurf.cli._userfile import load_user_file
@@ -68,7 +68,8 @@ def model_file(tmp_path_factory) -> tuple[Path, list]:
     folder = tmp_path_factory.mktemp("fast")
     path = folder / "fast.py"
     path.write_text(FAST)
-    sampler = build_sampler(load_user_file(path), 0, torch.device("cpu"))
+    user = load_user_file(path)
+    sampler = study_sampler(StudySettings.of_model_file(user, seed=0), user, torch.device("cpu"))
     return path, computed_map(sampler, folder)
 
 
