@@ -181,6 +181,69 @@ def optimize(
 
 @app.command()
 @_command
+def confirm(
+    file: Annotated[Path, typer.Argument(help="The model file of the search.")],
+    top: Annotated[int, typer.Option(min=1, help="How many of the best functions.")] = 5,
+    repeats: Annotated[
+        int,
+        typer.Option(min=2, help="Scores of each function, its search trial included."),
+    ] = 3,
+    against: Annotated[
+        str | None,
+        typer.Option(
+            metavar="EXPR",
+            help="The reference, trained if missing; default: the best baseline.",
+        ),
+    ] = None,
+    until_separated: Annotated[
+        bool,
+        typer.Option(
+            "--until-separated",
+            help="Then race: one more run of the leader and of each function not "
+            "distinguishably worse, until the leader is separated or --max-trials.",
+        ),
+    ] = False,
+    max_trials: Annotated[
+        int | None,
+        typer.Option(min=1, metavar="M", help="With --until-separated: the most runs."),
+    ] = None,
+    device: Annotated[
+        str, typer.Option(help="auto (CUDA if present), cpu, cuda, cuda:N.")
+    ] = "auto",
+    storage: Storage = DEFAULT_STORAGE,
+    study: Annotated[
+        str | None, typer.Option("--study", help="Study name; default: the file's name (stem).")
+    ] = None,
+    json: Json = False,
+):
+    """Train the best functions of a search and its best baseline again,
+    and tell which beats the baseline beyond the noise between seeds.
+
+    Each function is trained as `aquasurf optimize` trains it (a new seed
+    each run, no pruning) until it has --repeats scores. The runs are
+    trials of the study: Ctrl-C stops cleanly, and the same command trains
+    only what is missing. Then `aquasurf best`, `top` and `status` rank the
+    functions by their mean score.
+    """
+    from optuna_aquasurf.cli._confirm import ConfirmSettings, confirm_search, print_report
+    from optuna_aquasurf.cli._views import print_json
+
+    settings = ConfirmSettings(
+        top=top,
+        repeats=repeats,
+        against=against,
+        until_separated=until_separated,
+        max_trials=max_trials,
+        device=device,
+        storage_url=storage,
+        study_name=study,
+    )
+    report = confirm_search(file, settings)
+    print_json(report.to_json()) if json else print_report(console, report)
+
+
+@app.command()
+@_command
 def status(storage: Storage = DEFAULT_STORAGE, study: StudyName = None, json: Json = False):
     """Trials by state, progress and the best function of a study (and the size of the Pareto
     front of a (score, cost) study)."""

@@ -197,13 +197,15 @@ def module_source(expression: str, module: str, origin: str, cost: float) -> str
 
 def study_origin(record: dict[str, Any]) -> str:
     """Where a function of a study comes from, said in the module file and by ``aquasurf
-    export``: the study, the trial, its score and, in a study of score and cost, its member
-    number on the Pareto front (a record of :func:`~optuna_aquasurf.cli._views.export_record`).
+    export``: the study, the trial, its score (its mean, once confirmed) and, in a study of
+    score and cost, its member number on the Pareto front (a record of
+    :func:`~optuna_aquasurf.cli._views.export_record`).
     """
-    origin = (
-        f"Study {record['study']!r}, trial {record['trial']}: score {record['score']:.6g} "
-        f"({record['direction']})"
-    )
+    if record.get("n", 1) > 1:
+        score = f"mean {record['mean']:.6g} of {record['n']} scores, best trial {record['trial']}"
+    else:
+        score = f"trial {record['trial']}: score {record['score']:.6g}"
+    origin = f"Study {record['study']!r}, {score} ({record['direction']})"
     if "front_member" in record:
         origin += (
             f", front member {record['front_member']} of {record['front_size']} "

@@ -25,20 +25,20 @@ from __future__ import annotations
 
 from optuna.trial import FrozenTrial, TrialState
 
-from optuna_aquasurf._dead_workers import PROCESS_DIED
-
-INTERRUPTED = "interrupted"
-LOST_CONNECTION = "lost connection"
+from optuna_aquasurf._fail_reasons import INTERRUPTED, LOST_CONNECTION, PROCESS_DIED
 
 
 def counts_toward_target(trial: FrozenTrial) -> bool:
     """Whether a trial counts as finished for ``--n-trials``.
 
-    Completed and pruned trials do; failed ones when the failure is the function's (diverged,
-    out of memory) or a rerun failed again. Trials to run again, killed trials (their retry
-    counts instead), interrupted ones, ones lost with the connection or with their process before
-    they had an activation, running and waiting ones do not.
+    Completed and pruned trials of the search do (not the runs of a confirmation); failed ones
+    when the failure is the function's (diverged, out of memory) or a rerun failed again. Trials
+    to run again, killed trials (their retry counts instead), interrupted ones, ones lost with
+    the connection or with their process before they had an activation, running and waiting
+    ones do not.
     """
+    if "repeat_of" in trial.user_attrs:
+        return False
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     reason = trial.user_attrs.get("fail_reason")
@@ -56,6 +56,8 @@ def to_run_again(trial: FrozenTrial) -> bool:
     """Whether a failed trial runs again when the study resumes (see the module notes)."""
     reason = trial.user_attrs.get("fail_reason", "")
     if trial.state != TrialState.FAIL or "activation" not in trial.user_attrs:
+        return False
+    if "repeat_of" in trial.user_attrs:  # aquasurf confirm trains what its lost runs miss
         return False
     once = reason.startswith("error:") or reason == PROCESS_DIED
     return reason in (INTERRUPTED, LOST_CONNECTION) or (once and "rerun_of" not in trial.user_attrs)

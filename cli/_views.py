@@ -4,6 +4,10 @@ A study has one objective, the score, or two, the score and the cost (``optimize
 score,cost``): then each completed trial's values are ``[score, cost]``. A function's cost is
 its forward and backward time over relu's (:mod:`optuna_aquasurf._cost`), measured once per
 study: every view shows the figure the study recorded (see :func:`cost_of`).
+
+A function trained several times (by ``aquasurf confirm``, trials marked ``repeat_of``) is one
+:class:`Function` of several scores: views rank functions by their mean score, and once a
+function has 2 scores, the best is the best mean of those confirmed.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import itertools
 import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,6 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from optuna_aquasurf._front import on_front
+from optuna_aquasurf._intervals import difference_interval, is_better, mean_interval
 from optuna_aquasurf._scores import has_cost_objective, maximizes_score
 from optuna_aquasurf.cli._console import UserError
 from optuna_aquasurf.cli._storage import masked
@@ -34,6 +40,8 @@ SHOWN_EQUIVALENTS = 1
 OBJECTIVES = ("score", "cost")
 #: Trial user attribute where ``suggest_activation`` records the study's cost of its function.
 COST_ATTR = "activation_cost"
+#: Study user attribute where ``aquasurf confirm`` keeps the reference of its last run.
+CONFIRM_ATTR = "aquasurf_confirm"
 
 
 def score_is_maximized(study: optuna.Study) -> bool:
@@ -92,13 +100,59 @@ def completed_trials(study: optuna.Study) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
+@dataclass(frozen=True)
+class Function:
+    """The completed trials of one function (one ``activation``), best score first."""
+
+    trials: list[FrozenTrial]
+
+    @property
+    def best(self) -> FrozenTrial:
+        return self.trials[0]
+
+    @property
+    def expression(self) -> str:
+        return self.best.user_attrs.get("activation", "?")
+
+    @property
+    def scores(self) -> list[float]:
+        return [score_of(t) for t in self.trials]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.scores))
+
+
+def functions(study: optuna.Study) -> list[Function]:
+    """The functions of the study's completed trials, best mean score first (equal means: the
+    better best score first)."""
+    order = _score_order(study)
+    trials_of: dict[str, list[FrozenTrial]] = {}
+    for trial in sorted(completed_trials(study), key=order):
+        trials_of.setdefault(trial.user_attrs.get("activation", "?"), []).append(trial)
+    sign = _score_sign(study)
+    return sorted(
+        (Function(trials) for trials in trials_of.values()),
+        key=lambda f: (sign * f.mean, order(f.best)),
+    )
+
+
+def best_function(study: optuna.Study) -> Function | None:
+    """The function of the best mean score, of those with 2 scores or more if any (confirmed
+    functions), or None when no trial has completed."""
+    ranked = functions(study)
+    confirmed = [f for f in ranked if len(f.trials) >= 2]
+    return (confirmed or ranked or [None])[0]
+
+
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The completed trial of the best score, or None; in a (score, cost) study the cheapest of
-    them: the last member of its :func:`cost_front`."""
+    """The best trial of the :func:`best_function`, or None; in a (score, cost) study the
+    cheapest trial of the best score: the last member of its :func:`cost_front`."""
     if is_cost_study(study):
         front = cost_front(study)
         return front[-1] if front else None
-    return min(completed_trials(study), key=_score_order(study), default=None)
+    function = best_function(study)
+    return None if function is None else function.best
 
 
 def cost_front(study: optuna.Study) -> list[FrozenTrial]:
@@ -115,8 +169,13 @@ def cost_front(study: optuna.Study) -> list[FrozenTrial]:
 
 def _score_order(study: optuna.Study) -> Callable[[FrozenTrial], float]:
     """A sort key of completed trials that puts the best score first (by the first direction)."""
-    sign = -1.0 if score_is_maximized(study) else 1.0
+    sign = _score_sign(study)
     return lambda trial: sign * score_of(trial)
+
+
+def _score_sign(study: optuna.Study) -> float:
+    """-1 when the study maximizes its score, else 1: times a score, a sort key best first."""
+    return -1.0 if score_is_maximized(study) else 1.0
 
 
 def _cost_or_inf(trial: FrozenTrial) -> float:
@@ -137,6 +196,18 @@ def trial_record(trial: FrozenTrial) -> dict[str, Any]:
     }
 
 
+def function_record(function: Function) -> dict[str, Any]:
+    """A function for JSON: its best trial (:func:`trial_record`), its number of scores ``n``,
+    their ``mean`` and the 95% interval of that mean, ``ci95`` (None below 2 scores)."""
+    n = len(function.trials)
+    return {
+        **trial_record(function.best),
+        "n": n,
+        "mean": function.mean,
+        "ci95": mean_interval(function.scores) if n >= 2 else None,
+    }
+
+
 def _directions(study: optuna.Study) -> list[str]:
     return [direction.name.lower() for direction in study.directions]
 
@@ -145,7 +216,6 @@ def status(study: optuna.Study, url: str) -> dict[str, Any]:
     """Counts of trials by state, progress, the best trial of ``study`` and, in a (score, cost)
     study, the size of the Pareto front."""
     trials = study.get_trials(deepcopy=False)
-    best = best_trial(study)
     directions = _directions(study)
     settings = StudySettings.of(study)
     return {
@@ -160,32 +230,37 @@ def status(study: optuna.Study, url: str) -> dict[str, Any]:
         "finished": count_finished(trials),
         "to_run_again": len(pending_reruns(trials)),
         "seconds": round(sum(t.user_attrs.get("seconds", 0.0) for t in trials), 3),
-        "best": None if best is None else trial_record(best),
+        "best": _best_of_status(study),
         "front_size": len(cost_front(study)) if is_cost_study(study) else None,
     }
 
 
+def _best_of_status(study: optuna.Study) -> dict[str, Any] | None:
+    """The best trial (:func:`best_trial`) for JSON, with ``n`` and ``mean`` of its function in
+    a study of the score alone; None when no trial has completed."""
+    if is_cost_study(study):
+        trial = best_trial(study)
+        return None if trial is None else trial_record(trial)
+    function = best_function(study)
+    return None if function is None else function_record(function)
+
+
 def top(study: optuna.Study, limit: int, space=None, by: str = "score") -> list[dict[str, Any]]:
-    """The ``limit`` best functions (best trial of each), with their equivalent names; with
-    ``by="cost"`` the ``limit`` cheapest, those of equal cost by score.
+    """The ``limit`` best functions by mean score (:func:`function_record`), with their
+    equivalent names; with ``by="cost"`` the ``limit`` cheapest, those of equal cost by mean.
 
     ``space`` (a :class:`~optuna_aquasurf.SearchSpace`) gives the equivalents; by default it is
     rebuilt from the study's settings, and without it the equivalents are empty.
     """
-    is_cost_study(study)
-    order = _score_order(study)
-    best_of: dict[str, FrozenTrial] = {}
-    for trial in sorted(completed_trials(study), key=order):
-        best_of.setdefault(trial.user_attrs.get("activation", "?"), trial)
-    rows = list(best_of.values())
+    rows = functions(study)
     if by == "cost":
-        rows.sort(key=lambda t: (_cost_or_inf(t), order(t)))
+        rows.sort(key=lambda f: _cost_or_inf(f.best))  # stable: equal costs stay by mean
     rows = rows[:limit]
     if space is None and rows:
         space = study_space(study)
     return [
-        {"rank": rank, **trial_record(t), "equivalents": _equivalents(space, t)}
-        for rank, t in enumerate(rows, 1)
+        {"rank": rank, **function_record(f), "equivalents": _equivalents(space, f.best)}
+        for rank, f in enumerate(rows, 1)
     ]
 
 
@@ -222,10 +297,11 @@ def print_status(console: Console, data: dict[str, Any]) -> None:
     table.add_row("training time", f"{data['seconds'] / 60:.1f} min")
     best = data["best"]
     if best is not None:
+        n = best.get("n", 1)  # a (score, cost) study: its best trial
+        score = f"mean {best['mean']:.6g} of {n} scores" if n > 1 else f"{best['score']:.6g}"
         table.add_row(
             "best",
-            f"{best['score']:.6g}  {escape(str(best['expression']))}  "
-            f"(cost {times_relu(best['cost'])})",
+            f"{score}  {escape(str(best['expression']))}  (cost {times_relu(best['cost'])})",
         )
         table.add_row("best trial", str(best["trial"]))
     if data["front_size"] is not None:
@@ -237,14 +313,53 @@ def print_status(console: Console, data: dict[str, Any]) -> None:
 
 
 def best_record(study: optuna.Study) -> dict[str, Any]:
-    """The study's trial of the best score (:func:`best_trial`) for JSON.
+    """The :func:`best_function` of a study of the score alone for JSON: its best trial, its
+    scores (:func:`function_record`) and how it compares with the baseline
+    (:func:`_comparison`).
 
     Raises
     ------
     UserError
         When no trial has completed.
     """
-    return _study_record(study, best_trial(study))
+    function = best_function(study)
+    if function is None:
+        raise _no_completed_trial(study)
+    return {
+        "study": study.study_name,
+        "direction": _directions(study)[0],
+        **function_record(function),
+        **_comparison(study, function),
+    }
+
+
+def _comparison(study: optuna.Study, function: Function) -> dict[str, Any]:
+    """How a confirmed ``function`` (2 scores or more) compares with the baseline
+    (:func:`_baseline`): ``difference`` of the means, its 95% Welch interval
+    ``difference_ci95`` (None below 2 scores of the baseline) and whether that interval shows
+    an improvement, ``beats_baseline``. None (False) for the baseline itself and a function of
+    one score."""
+    baseline = _baseline(study) if len(function.trials) >= 2 else None
+    compared = {"baseline": None if baseline is None else baseline.expression}
+    if baseline is None or baseline.expression == function.expression:
+        return {**compared, "difference": None, "difference_ci95": None, "beats_baseline": False}
+    interval = difference_interval(function.scores, baseline.scores)
+    return {
+        **compared,
+        "difference": function.mean - baseline.mean,
+        "difference_ci95": interval,
+        "beats_baseline": is_better(interval, score_is_maximized(study)),
+    }
+
+
+def _baseline(study: optuna.Study) -> Function | None:
+    """The reference of the last ``aquasurf confirm`` (:data:`CONFIRM_ATTR`), else the
+    sampler's default baseline of the best mean; None when the study has neither."""
+    from optuna_aquasurf._baselines import DEFAULT_BASELINES
+
+    kept = study.user_attrs.get(CONFIRM_ATTR, {}).get("baseline")
+    names = [kept] if kept else DEFAULT_BASELINES
+    return next((f for f in functions(study) if f.expression in names), None)
 
 
 def front_record(study: optuna.Study) -> dict[str, Any]:
@@ -270,7 +385,7 @@ def export_record(
     study: optuna.Study, pick: int | None = None, max_cost: float | None = None
 ) -> dict[str, Any]:
     """The trial that ``aquasurf export`` writes, as :func:`best_record`: the best
-    (:func:`best_trial`), the best score of those costing at most ``max_cost`` (ties: the
+    (:func:`best_function`), the best score of those costing at most ``max_cost`` (ties: the
     cheaper) or the ``pick``-th member of the front (from 1, cheapest first). In a (score, cost)
     study, whose choice is always a member of its :func:`cost_front`, the record adds its number
     there, ``front_member``, and the size of the front, ``front_size``.
@@ -359,12 +474,29 @@ def _no_completed_trial(study: optuna.Study) -> UserError:
 
 
 def print_best(console: Console, record: dict[str, Any]) -> None:
-    """The best expression, its score and cost, then the trial and its parameters."""
+    """The best expression, its score (its mean and interval if confirmed, and how it compares
+    with the baseline) and cost, then the trial and its parameters."""
     console.print(f"[bold]{escape(str(record['expression']))}[/]")
-    console.print(
-        f"score {record['score']:.6g} ({record['direction']}), cost "
-        f"{times_relu(record['cost'])}, trial {record['trial']}"
-    )
+    if record["n"] >= 2:
+        console.print(
+            f"mean {record['mean']:.6g} of {record['n']} scores (95% interval "
+            f"{interval(record['ci95'])}, {record['direction']}), best score "
+            f"{record['score']:.6g}"
+        )
+        if record["baseline"] == record["expression"]:
+            console.print("the baseline of the confirmation: no function beats it")
+        elif record["difference_ci95"] is not None:
+            verdict = "beats" if record["beats_baseline"] else "not distinguishably better than"
+            console.print(
+                f"{verdict} {escape(record['baseline'])}: difference {record['difference']:+.4g}"
+                f" (95% interval {interval(record['difference_ci95'])})"
+            )
+        console.print(f"cost {times_relu(record['cost'])}, best trial {record['trial']}")
+    else:
+        console.print(
+            f"score {record['score']:.6g} ({record['direction']}), cost "
+            f"{times_relu(record['cost'])}, trial {record['trial']}"
+        )
     for name, value in record["params"].items():
         console.print(f"  {escape(name)} = {value!r}")
 
@@ -395,11 +527,14 @@ def print_front(console: Console, record: dict[str, Any]) -> None:
 
 
 def print_top(console: Console, rows: list[dict[str, Any]], title: str) -> None:
-    """A table of the best functions: rank, score, cost, expression, equivalents, trial,
-    seconds."""
+    """A table of the best functions: rank, score (mean and number of scores, once a function
+    has several), cost, expression, equivalents, best trial, seconds."""
+    repeated = any(row["n"] > 1 for row in rows)
     table = Table(title=title, title_justify="left")
     table.add_column("#", justify="right")
-    table.add_column("score", justify="right")
+    table.add_column("mean" if repeated else "score", justify="right")
+    if repeated:
+        table.add_column("n", justify="right")
     table.add_column("cost", justify="right")
     table.add_column("activation", overflow="fold")
     table.add_column("equivalent to", overflow="fold", style="dim")
@@ -413,7 +548,8 @@ def print_top(console: Console, rows: list[dict[str, Any]], title: str) -> None:
         seconds = row["seconds"]
         table.add_row(
             str(row["rank"]),
-            f"{row['score']:.4f}",
+            f"{row['mean']:.4f}",
+            *([str(row["n"])] if repeated else []),
             times_relu(row["cost"]),
             escape(str(row["expression"])),
             escape(shown),
@@ -421,6 +557,11 @@ def print_top(console: Console, rows: list[dict[str, Any]], title: str) -> None:
             "-" if seconds is None else f"{seconds:.1f}",
         )
     console.print(table)
+
+
+def interval(bounds: tuple[float, float] | None) -> str:
+    """An interval as shown: ``"0.812 to 0.845"``; ``"-"`` when there is none."""
+    return "-" if bounds is None else f"{bounds[0]:.4g} to {bounds[1]:.4g}"
 
 
 def times_relu(cost: float | None) -> str:

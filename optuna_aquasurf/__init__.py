@@ -16,6 +16,9 @@ _EXPORTS = {
     "AquaSurfSampler": "_sampler",
     "suggest_activation": "_sampler",
     "SpaceExhaustedError": "_sampler",
+    "ConfirmRecord": "_confirm",
+    "ConfirmReport": "_confirm",
+    "confirm": "_confirm",
     "SpaceMap": "_map",
     "Candidate": "_space",
     "SearchSpace": "_space",
@@ -39,6 +42,8 @@ __all__ = [
     "ActivationFunction",
     "AquaSurfSampler",
     "Candidate",
+    "ConfirmRecord",
+    "ConfirmReport",
     "Expression",
     "ExpressionError",
     "Operator",
@@ -46,6 +51,7 @@ __all__ = [
     "SpaceExhaustedError",
     "SpaceMap",
     "canonical",
+    "confirm",
     "parse",
     "register_operator",
     "suggest_activation",
@@ -53,6 +59,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from optuna_aquasurf._activation import ActivationFunction
+    from optuna_aquasurf._confirm import ConfirmRecord, ConfirmReport, confirm
     from optuna_aquasurf._expression import Expression, ExpressionError, canonical, parse
     from optuna_aquasurf._map import SpaceMap
     from optuna_aquasurf._operators import (

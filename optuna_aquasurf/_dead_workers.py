@@ -18,8 +18,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-#: The ``fail_reason`` of a trial whose process died.
-PROCESS_DIED = "process died"
+from optuna_aquasurf._fail_reasons import PROCESS_DIED
 
 
 def worker_label() -> str:

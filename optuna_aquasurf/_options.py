@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 import torch
 
+from optuna_aquasurf._baselines import DEFAULT_BASELINES
 from optuna_aquasurf._expression import canonical
 from optuna_aquasurf._map import check_map_options
 from optuna_aquasurf._prior import Source, check_source
@@ -19,17 +20,6 @@ from optuna_aquasurf._space import SearchSpace
 if TYPE_CHECKING:
     from optuna_aquasurf.features import FisherProbe
 
-#: The reference's baselines, tried first (those with an equivalent in the space).
-DEFAULT_BASELINES = (
-    "elu(x)",
-    "relu(x)",
-    "selu(x)",
-    "sigmoid(x)",
-    "softplus(x)",
-    "softsign(x)",
-    "swish(x)",
-    "tanh(x)",
-)
 #: What the surrogate reads: the functions' reduced features, or their 2-D map.
 SURROGATES = ("features", "map")
 

@@ -1,0 +1,82 @@
+"""``aquasurf confirm`` end to end: the real CLI on the tiny model file of test_cli.py, then the
+views of the confirmed study.
+
+The search's first trials are the sampler's baselines, which need no map of the space, and
+confirmation trains functions already scored: no test here computes a map.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from tests.test_cli import TINY, aquasurf, invoke, trials
+
+#: Trials of the search: baselines of the tiny space, all of them.
+SEARCH_TRIALS = 4
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory) -> Path:
+    """A folder with tiny.py and aquasurf.db holding study 'tiny' of 4 finished trials."""
+    folder = tmp_path_factory.mktemp("searched")
+    (folder / "tiny.py").write_text(TINY)
+    result = aquasurf("optimize", "tiny.py", "--n-trials", str(SEARCH_TRIALS), cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return folder
+
+
+@pytest.fixture
+def copy(searched, tmp_path) -> Path:
+    """A private copy of the searched folder."""
+    shutil.copytree(searched, tmp_path, dirs_exist_ok=True)
+    return tmp_path
+
+
+def scores_of(folder: Path) -> Counter:
+    """How many completed trials each function has."""
+    done = [t for t in trials(folder) if t.state == TrialState.COMPLETE]
+    return Counter(t.user_attrs["activation"] for t in done)
+
+
+def test_confirm_trains_each_function_to_its_repeats_once(copy):
+    result = aquasurf("confirm", "tiny.py", "--top", "2", "--repeats", "2", "--json", cwd=copy)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    functions = report["functions"]
+    confirmed = {f["activation"] for f in functions}
+    assert 2 <= len(confirmed) <= 3 and report["baseline"] in confirmed
+    assert all(f["n"] == 2 and f["n_failed"] == 0 for f in functions)
+    means = [f["mean"] for f in functions]
+    assert means == sorted(means, reverse=True)  # tiny.py maximizes
+    counts = scores_of(copy)
+    assert all(counts[name] == 2 for name in confirmed)
+    repeats = [t for t in trials(copy) if "repeat_of" in t.user_attrs]
+    assert len(repeats) == len(confirmed)
+    assert len({t.user_attrs["seed"] for t in trials(copy)}) == len(trials(copy))
+
+    again = aquasurf("confirm", "tiny.py", "--top", "2", "--repeats", "2", cwd=copy)
+    assert again.returncode == 0, again.stderr
+    assert scores_of(copy) == counts
+    assert "95% interval" in again.stdout and report["baseline"] in again.stdout
+
+    storage = ["--storage", f"sqlite:///{copy / 'aquasurf.db'}"]
+    best = json.loads(invoke("best", "--json", *storage).stdout)
+    assert best["expression"] == functions[0]["activation"]
+    assert best["n"] == 2 and best["mean"] == pytest.approx(functions[0]["mean"])
+    top = json.loads(invoke("top", "--json", *storage).stdout)
+    names = [row["expression"] for row in top]
+    assert len(names) == len(set(names)) == len(counts)
+    assert [row["n"] for row in top[: len(confirmed)]] == [2] * len(confirmed)
+    status = json.loads(invoke("status", "--json", *storage).stdout)
+    assert status["best"]["n"] == 2
+
+    exported = invoke("export", *storage, "--out", str(copy / "best_act.py"))
+    assert exported.exit_code == 0, exported.output
+    assert f": {functions[0]['activation']}," in exported.stdout
+    assert "of 2 scores" in exported.stdout
