@@ -17,6 +17,7 @@ from rich.markup import escape
 from optuna_aquasurf.cli._console import UserError, console, err_console
 from optuna_aquasurf.cli._storage import DEFAULT_STORAGE
 from optuna_aquasurf.cli._userfile import CONTRACT
+from optuna_aquasurf.cli._verbosity import VERBOSE_VARIABLE, set_verbose
 
 app = typer.Typer(
     name="aquasurf",
@@ -47,9 +48,9 @@ Storage = Annotated[
     str,
     typer.Option(
         envvar="AQUASURF_STORAGE",
-        help="SQLAlchemy URL of the database, e.g. postgresql://user:password@host/db "
-        "(passwords are never printed). Several machines can work on one study in PostgreSQL "
-        "or MySQL; SQLite suits the processes of one machine.",
+        help="Database URL: sqlite:///FILE, postgresql://... or mysql://... (passwords are "
+        "never printed). Several machines can work on one study in PostgreSQL or MySQL; SQLite "
+        "suits the processes of one machine.",
     ),
 ]
 StudyName = Annotated[
@@ -57,6 +58,37 @@ StudyName = Annotated[
     typer.Option("--study", help="Study name; default: the only study in the storage."),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _print_version(value: bool) -> None:
+    """``--version``: print the version of optuna-aquasurf and exit."""
+    if value:
+        from optuna_aquasurf import __version__
+
+        console.print(f"aquasurf {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            envvar=VERBOSE_VARIABLE,
+            help="Show Optuna's log (INFO), not only its errors.",
+        ),
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """Options of every command."""
+    set_verbose(verbose)
 
 
 def _command(function):
@@ -127,7 +159,7 @@ def optimize(
         typer.Option(
             metavar="SOURCE",
             help="Start from an earlier search: STUDY@STORAGE_URL (e.g. "
-            "resnet@sqlite:///old.db) or a bundled table (act-bench-digits:cnn, vit, resnet, "
+            "cnn@sqlite:///old.db) or a bundled table (act-bench-digits:cnn, vit, resnet, "
             "regression). Repeat for several. Read once, when the study starts.",
         ),
     ] = None,
@@ -271,6 +303,37 @@ def best(storage: Storage = DEFAULT_STORAGE, study: StudyName = None, json: Json
         _views.print_json(record) if json else _views.print_best(console, record)
 
 
+@app.command()
+@_command
+def studies(storage: Storage = DEFAULT_STORAGE, json: Json = False):
+    """The studies of the storage: directions, trials by state and best value."""
+    from optuna_aquasurf.cli._studies import print_studies, study_summaries
+    from optuna_aquasurf.cli._views import print_json
+
+    records = study_summaries(storage)
+    print_json(records) if json else print_studies(console, records)
+
+
+@app.command()
+@_command
+def delete(
+    study: Annotated[str, typer.Option("--study", help="Name of the study to delete.")],
+    storage: Storage = DEFAULT_STORAGE,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+):
+    """Delete a study with its trials (what other studies may reuse, such as maps and costs,
+    is kept)."""
+    from optuna_aquasurf.cli._storage import open_storage
+    from optuna_aquasurf.cli._studies import delete_study, trial_count
+
+    opened = open_storage(storage, must_exist=True)
+    n_trials = trial_count(opened, study, storage)
+    if not yes:
+        typer.confirm(f"Delete the study {study!r} and its {n_trials} trials?", abort=True)
+    delete_study(opened, study)
+    console.print(f"Deleted the study {escape(study)} and its {n_trials} trials.")
+
+
 class TopOrder(str, enum.Enum):
     score = "score"
     cost = "cost"
@@ -327,19 +390,19 @@ def plot(
 
     The map shows every function of the space, coloured by its predicted score, and the
     trained ones, coloured by their measured score. Score against cost shows the trained
-    functions and the Pareto front: the best score for its cost. The map stored with the study
-    is used; FILE is needed only to compute a map that is not stored yet (it depends on your
-    model).
+    functions and the Pareto front: the best score for its cost. After `aquasurf confirm`, the
+    confirmed functions' means and 95% intervals beside the baseline's. The map stored with the
+    study is used; FILE is needed only to compute a map that is not stored yet (it depends on
+    your model).
     """
-    import optuna
-
     from optuna_aquasurf.cli._objective import resolve_device
     from optuna_aquasurf.cli._plot import write_plots
     from optuna_aquasurf.cli._storage import load_study
     from optuna_aquasurf.cli._study_sampler import plot_sampler
     from optuna_aquasurf.cli._userfile import load_user_file
+    from optuna_aquasurf.cli._verbosity import set_optuna_verbosity
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    set_optuna_verbosity()
     loaded = load_study(storage, study or (file.stem if file else None))
     if file is None:
         sampler = plot_sampler(loaded)

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import optuna
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -23,6 +22,7 @@ from optuna_aquasurf.cli._objective import Objective, resolve_device, stop_on_in
 from optuna_aquasurf.cli._optimize import SearchSettings, open_study
 from optuna_aquasurf.cli._storage import load_study
 from optuna_aquasurf.cli._study_sampler import StudySettings
+from optuna_aquasurf.cli._verbosity import set_optuna_verbosity
 from optuna_aquasurf.cli._views import CONFIRM_ATTR, interval
 
 #: Seconds between heartbeats of a running confirmation trial.
@@ -60,7 +60,7 @@ def confirm_search(path: Path, settings: ConfirmSettings) -> ConfirmReport:
     """
     if settings.until_separated != (settings.max_trials is not None):
         raise UserError("--until-separated races until --max-trials M: give both or neither.")
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    set_optuna_verbosity()
     name = settings.study_name or path.stem
     kept = StudySettings.of(load_study(settings.storage_url, name)) or StudySettings()
     search = SearchSettings(

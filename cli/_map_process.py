@@ -26,6 +26,7 @@ from optuna_aquasurf.cli._objective import resolve_device
 from optuna_aquasurf.cli._storage import open_storage
 from optuna_aquasurf.cli._study_sampler import StudySettings, study_sampler
 from optuna_aquasurf.cli._userfile import load_user_file
+from optuna_aquasurf.cli._verbosity import set_optuna_verbosity
 
 #: Seconds the map process gets to give its leases back when the search ends first.
 STOP_TIMEOUT = 10.0
@@ -151,7 +152,7 @@ def compute_map(path: Path, settings, study_name: str, parent: int, features_rea
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the search process's to handle
     _stop_with_parent(parent)
     warnings.simplefilter("ignore")
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    set_optuna_verbosity()
     try:
         study = optuna.load_study(study_name=study_name, storage=open_storage(settings.storage_url))
         kept = StudySettings.of(study)

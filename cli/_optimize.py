@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from optuna_aquasurf.cli._userfile import (
     errors_of_user_code,
     load_user_file,
 )
+from optuna_aquasurf.cli._verbosity import set_optuna_verbosity
 
 #: Rows of the table shown at the end.
 TOP_ROWS = 10
@@ -104,6 +106,12 @@ class SearchSettings:
         ``--objectives score,cost`` the cost's."""
         return [score_direction] + (["minimize"] if self.with_cost else [])
 
+    def metric_names(self, user: UserFile) -> list[str]:
+        """The names of the study's objectives, for optuna-dashboard and plots: ``accuracy``
+        (the built-in trainer's) or ``score`` (the model file's ``train()``), then ``cost``."""
+        score = "accuracy" if user.train is None else "score"
+        return [score] + (["cost"] if self.with_cost else [])
+
     def kept(self, user: UserFile, device) -> StudySettings:
         """What the search of the model file ``user`` on ``device`` keeps with its study, but
         its map key, which its sampler gives."""
@@ -126,7 +134,7 @@ def open_study(path: Path, settings: SearchSettings) -> tuple[UserFile, optuna.S
     UserError
         For problems with the file, the storage or the study.
     """
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    set_optuna_verbosity()
     user = load_user_file(path)
     find_sites(user)
     torch_device = resolve_device(settings.device)
@@ -154,6 +162,10 @@ def open_study(path: Path, settings: SearchSettings) -> tuple[UserFile, optuna.S
             f"--objectives {settings.objectives} asks for {directions}: choose another --study "
             "name."
         )
+    if study.metric_names is None:  # a new study, or one created by an older version
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(settings.metric_names(user))
     dataclasses.replace(kept, map_key=_map_key(study)).save(study)
     _read_prior(study)
     return user, study

@@ -1,5 +1,5 @@
-"""``aquasurf plot``: the map of the space, the best-so-far curve and score against cost, as PNG
-and HTML files."""
+"""``aquasurf plot``: the map of the space, the best-so-far curve, score against cost and the
+confirmed functions against the baseline, as PNG and HTML files."""
 
 from __future__ import annotations
 
@@ -12,18 +12,24 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_aquasurf import AquaSurfSampler
+from optuna_aquasurf._intervals import mean_interval
 from optuna_aquasurf.cli._console import UserError
 from optuna_aquasurf.cli._trials import counts_toward_target
 from optuna_aquasurf.cli._views import (
+    Function,
+    baseline_function,
     completed_trials,
     cost_front,
     cost_of,
+    functions,
     score_is_maximized,
     score_of,
 )
 
 #: The expression of relu as the sampler's baseline: where relu is marked on the cost plot.
 RELU = "relu(x)"
+#: Colours of the confirmed functions and of their baseline (matplotlib's and plotly's first two).
+FUNCTION_COLOR, BASELINE_COLOR = "#1f77b4", "#ff7f0e"
 
 
 @dataclass
@@ -57,9 +63,40 @@ class Costed:
         )
 
 
+@dataclass
+class Confirmed:
+    """Functions of 2 scores or more, best mean first: expressions, numbers of scores, mean
+    scores, the bounds of the 95% intervals of those means, and which one is the baseline."""
+
+    expression: list[str]
+    n: list[int]
+    mean: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    is_baseline: np.ndarray
+
+    @classmethod
+    def of(cls, confirmed: list[Function], baseline: str | None) -> Confirmed:
+        bounds = np.array([mean_interval(f.scores) for f in confirmed], dtype=float)
+        return cls(
+            expression=[f.expression for f in confirmed],
+            n=[len(f.trials) for f in confirmed],
+            mean=np.array([f.mean for f in confirmed], dtype=float),
+            low=bounds.reshape(-1, 2)[:, 0],
+            high=bounds.reshape(-1, 2)[:, 1],
+            is_baseline=np.array([f.expression == baseline for f in confirmed], dtype=bool),
+        )
+
+    def errors(self, chosen: np.ndarray) -> np.ndarray:
+        """The distances from the ``chosen`` (a mask) means down and up to their bounds."""
+        return np.vstack([self.mean - self.low, self.high - self.mean])[:, chosen]
+
+
 def write_plots(study: optuna.Study, sampler: AquaSurfSampler, folder: Path) -> list[Path]:
-    """Write ``<study>_map.png/.html``, ``<study>_history.png/.html`` and, by
-    :func:`write_cost_plots`, ``<study>_cost.png/.html`` into ``folder``; return their paths.
+    """Write ``<study>_map.png/.html``, ``<study>_history.png/.html``, by
+    :func:`write_cost_plots` ``<study>_cost.png/.html`` and, once functions are confirmed, by
+    :func:`write_confirmed_plots` ``<study>_confirmed.png/.html`` into ``folder``; return their
+    paths.
 
     The map is the paper's picture: every function of the space at its 2-D position, coloured
     by the surrogate's predicted score, the evaluated ones marked and coloured by their measured
@@ -83,7 +120,7 @@ def write_plots(study: optuna.Study, sampler: AquaSurfSampler, folder: Path) -> 
     _map_html(paths[1], study.study_name, coords, predicted, evaluated, sampler.space.expressions)
     _history_png(paths[2], study.study_name, evaluated, maximize)
     _history_html(paths[3], study.study_name, evaluated, maximize)
-    return paths + write_cost_plots(study, folder)
+    return paths + write_cost_plots(study, folder) + write_confirmed_plots(study, folder)
 
 
 def write_cost_plots(study: optuna.Study, folder: Path) -> list[Path]:
@@ -103,6 +140,28 @@ def write_cost_plots(study: optuna.Study, folder: Path) -> list[Path]:
     paths = [Path(f"{stem}_cost.png"), Path(f"{stem}_cost.html")]
     _cost_png(paths[0], study.study_name, points, front, relu, maximize)
     _cost_html(paths[1], study.study_name, points, front, relu, maximize)
+    return paths
+
+
+def write_confirmed_plots(study: optuna.Study, folder: Path) -> list[Path]:
+    """Write ``<study>_confirmed.png/.html`` into ``folder`` when the study has functions of 2
+    scores or more (trained again by ``aquasurf confirm``) and return their paths; none else.
+
+    Each confirmed function's mean score with its 95% interval, best mean first (as
+    :func:`~optuna_aquasurf.cli._views.functions` ranks them), the baseline that ``aquasurf
+    best`` compares with marked, and a horizontal line at the baseline's mean. Needs matplotlib
+    and plotly (:func:`write_plots` checks).
+    """
+    confirmed = [f for f in functions(study) if len(f.trials) >= 2]
+    if not confirmed:
+        return []
+    maximize = score_is_maximized(study)
+    baseline = baseline_function(study)
+    stem = _stem(study, folder)
+    paths = [Path(f"{stem}_confirmed.png"), Path(f"{stem}_confirmed.html")]
+    shown = Confirmed.of(confirmed, None if baseline is None else baseline.expression)
+    _confirmed_png(paths[0], study.study_name, shown, baseline, maximize)
+    _confirmed_html(paths[1], study.study_name, shown, baseline, maximize)
     return paths
 
 
@@ -391,3 +450,80 @@ def _cost_html(path, name, points, front, relu, maximize) -> None:
         template="plotly_white",
     )
     figure.write_html(path, include_plotlyjs="directory")
+
+
+def _confirmed_png(path, name, confirmed, baseline, maximize) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5), dpi=120)
+    positions = np.arange(len(confirmed.expression))
+    for chosen, color, label in _confirmed_series(confirmed):
+        axes.errorbar(
+            positions[chosen],
+            confirmed.mean[chosen],
+            yerr=confirmed.errors(chosen),
+            fmt="o",
+            capsize=4,
+            c=color,
+            label=label,
+        )
+    if baseline is not None:
+        axes.axhline(baseline.mean, c=BASELINE_COLOR, ls="--", lw=1, label="baseline's mean")
+    axes.set_xticks(positions, confirmed.expression, rotation=30, ha="right", fontsize=8)
+    axes.set_ylabel(f"mean score ({'maximize' if maximize else 'minimize'}), 95% interval")
+    axes.set_title(f"{name}: {len(positions)} confirmed functions")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def _confirmed_html(path, name, confirmed, baseline, maximize) -> None:
+    import plotly.graph_objects as go
+
+    labels = np.array(
+        [
+            f"{e}<br>mean {m:.4f} of {n} scores<br>95% interval {low:.4f} to {high:.4f}"
+            for e, m, n, low, high in zip(
+                confirmed.expression, confirmed.mean, confirmed.n, confirmed.low, confirmed.high
+            )
+        ]
+    )
+    expressions = np.array(confirmed.expression)
+    figure = go.Figure()
+    for chosen, color, label in _confirmed_series(confirmed):
+        down, up = confirmed.errors(chosen)
+        figure.add_trace(
+            go.Scatter(
+                x=expressions[chosen],
+                y=confirmed.mean[chosen],
+                mode="markers",
+                name=label,
+                text=labels[chosen],
+                hoverinfo="text",
+                marker={"size": 10, "color": color},
+                error_y={"type": "data", "symmetric": False, "array": up, "arrayminus": down},
+            )
+        )
+    if baseline is not None:
+        figure.add_hline(y=baseline.mean, line_dash="dash", line_color=BASELINE_COLOR)
+    figure.update_layout(
+        title=f"{name}: confirmed functions, mean score and its 95% interval",
+        xaxis={"categoryorder": "array", "categoryarray": confirmed.expression},
+        yaxis_title=f"mean score ({'maximize' if maximize else 'minimize'})",
+        template="plotly_white",
+    )
+    figure.write_html(path, include_plotlyjs="directory")
+
+
+def _confirmed_series(confirmed) -> list[tuple[np.ndarray, str, str]]:
+    """The confirmed functions in two series, the baseline apart: the mask, colour and legend
+    label of each that has a function."""
+    series = [
+        (~confirmed.is_baseline, FUNCTION_COLOR, "confirmed function"),
+        (confirmed.is_baseline, BASELINE_COLOR, "baseline"),
+    ]
+    return [(chosen, color, label) for chosen, color, label in series if chosen.any()]

@@ -19,25 +19,33 @@ from optuna_aquasurf.cli._console import UserError
 
 CONTRACT = """\
 A model file for `aquasurf optimize` defines
-  build_model(activation) -> nn.Module    your network with `activation` (an nn.Module) at its
-                                          activation sites,
-    or model() -> nn.Module               any model (timm, torchvision...); its activations are
-                                          replaced each trial (optuna_aquasurf.integrations),
-                                          found once with the inputs of fisher_batch() or data();
-  train(model, trial, device) -> float    trains the model (already on `device`) and returns its
-                                          validation score; may call trial.report/should_prune,
-    or data() -> (train_loader, val_loader)   batches of (inputs, class labels) for the built-in
-                                          trainer (AdamW, cosine schedule, validation accuracy);
+  build_model(activation) -> nn.Module
+      your network with `activation` (an nn.Module) at its activation sites,
+    or model() -> nn.Module
+      any model (timm, torchvision...); its activations are replaced each
+      trial (optuna_aquasurf.integrations), found once with the inputs of
+      fisher_batch() or data();
+  train(model, trial, device) -> float
+      trains the model (already on `device`) and returns its validation score;
+      may call trial.report/should_prune,
+    or data() -> (train_loader, val_loader)
+      batches of (inputs, class labels) for the built-in trainer (AdamW,
+      cosine schedule, validation accuracy);
 and optionally
-  fisher_batch() -> (inputs, targets)     one batch: the map of functions then also uses the
-                                          Fisher spectrum of your model,
-  DIRECTION = "maximize"                  or "minimize" (with train()),
-  SPACE = ["mul(x,unary(x))", "relu(x)"]  schemas (unary, binary, n-ary range over all built-in
-                                          operators) or expressions (default: the paper's 2,918),
-  SEARCH = {"lr": FloatDistribution(1e-4, 1e-2, log=True)}   other hyperparameters
-                                          (optuna.distributions; read them from trial.params),
-  EPOCHS = 10, LR = 1e-3, WEIGHT_DECAY = 0.01   settings of the built-in trainer (SEARCH may
-                                          tune "epochs", "lr" and "weight_decay" instead)."""
+  fisher_batch() -> (inputs, targets)
+      one batch: the map of functions then also uses the Fisher spectrum of
+      your model,
+  DIRECTION = "maximize"
+      or "minimize" (with train()),
+  SPACE = ["mul(x,unary(x))", "relu(x)"]
+      schemas (unary, binary, n-ary range over all built-in operators) or
+      expressions (default: the paper's 2,918),
+  SEARCH = {"lr": FloatDistribution(1e-4, 1e-2, log=True)}
+      other hyperparameters (optuna.distributions; read them from
+      trial.params),
+  EPOCHS = 10, LR = 1e-3, WEIGHT_DECAY = 0.01
+      settings of the built-in trainer (SEARCH may tune "epochs", "lr" and
+      "weight_decay" instead)."""
 
 #: Settings of the built-in trainer, with their defaults.
 TRAINER_DEFAULTS = {"epochs": 10, "lr": 1e-3, "weight_decay": 0.01}

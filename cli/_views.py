@@ -335,11 +335,11 @@ def best_record(study: optuna.Study) -> dict[str, Any]:
 
 def _comparison(study: optuna.Study, function: Function) -> dict[str, Any]:
     """How a confirmed ``function`` (2 scores or more) compares with the baseline
-    (:func:`_baseline`): ``difference`` of the means, its 95% Welch interval
+    (:func:`baseline_function`): ``difference`` of the means, its 95% Welch interval
     ``difference_ci95`` (None below 2 scores of the baseline) and whether that interval shows
     an improvement, ``beats_baseline``. None (False) for the baseline itself and a function of
     one score."""
-    baseline = _baseline(study) if len(function.trials) >= 2 else None
+    baseline = baseline_function(study) if len(function.trials) >= 2 else None
     compared = {"baseline": None if baseline is None else baseline.expression}
     if baseline is None or baseline.expression == function.expression:
         return {**compared, "difference": None, "difference_ci95": None, "beats_baseline": False}
@@ -352,7 +352,7 @@ def _comparison(study: optuna.Study, function: Function) -> dict[str, Any]:
     }
 
 
-def _baseline(study: optuna.Study) -> Function | None:
+def baseline_function(study: optuna.Study) -> Function | None:
     """The reference of the last ``aquasurf confirm`` (:data:`CONFIRM_ATTR`), else the
     sampler's default baseline of the best mean; None when the study has neither."""
     from optuna_aquasurf._baselines import DEFAULT_BASELINES

@@ -8,14 +8,18 @@ confirmation trains functions already scored: no test here computes a map.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
 
-from tests.test_cli import TINY, aquasurf, invoke, trials
+from tests.test_cli import TINY, aquasurf, invoke, trials, wait_for
 
 #: Trials of the search: baselines of the tiny space, all of them.
 SEARCH_TRIALS = 4
@@ -80,3 +84,34 @@ def test_confirm_trains_each_function_to_its_repeats_once(copy):
     assert exported.exit_code == 0, exported.output
     assert f": {functions[0]['activation']}," in exported.stdout
     assert "of 2 scores" in exported.stdout
+
+
+def test_confirm_killed_with_kill_9_trains_its_lost_run_again(copy, start_process):
+    """The run left RUNNING by a confirmation killed with kill -9 is failed as "process died"
+    (its process is gone on this host) by the next run, which trains it again: every confirmed
+    function ends with exactly its repeats."""
+    options = ("confirm", "tiny.py", "--top", "2", "--repeats", "2", "--json")
+    first_run = SEARCH_TRIALS  # the number of the confirmation's first trial
+    killed = start_process(
+        [sys.executable, "-m", "optuna_aquasurf", *options],
+        cwd=copy,
+        env={**os.environ, "SLOW_TRIAL": str(first_run)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(copy / "started", killed)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+
+    result = aquasurf(*options, cwd=copy)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    died = [t for t in trials(copy) if t.user_attrs.get("fail_reason") == "process died"]
+    assert [t.number for t in died] == [first_run]
+    assert died[0].state == TrialState.FAIL
+    counts = scores_of(copy)
+    for function in report["functions"]:
+        assert function["n"] == counts[function["activation"]] == 2, function
+    assert died[0].user_attrs["activation"] in {f["activation"] for f in report["functions"]}
+    assert all(f["n_failed"] == 0 for f in report["functions"])  # a lost run is no failure
+    assert not [t for t in trials(copy) if t.state == TrialState.RUNNING]
