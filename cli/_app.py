@@ -58,6 +58,10 @@ StudyName = Annotated[
     typer.Option("--study", help="Study name; default: the only study in the storage."),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+Device = Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda, cuda:N.")]
+FileStudyName = Annotated[
+    str | None, typer.Option("--study", help="Study name; default: the file's name (stem).")
+]
 
 
 def _print_version(value: bool) -> None:
@@ -122,13 +126,9 @@ def optimize(
     timeout: Annotated[
         float | None, typer.Option(min=0, help="Stop starting trials after this many seconds.")
     ] = None,
-    device: Annotated[
-        str, typer.Option(help="auto (CUDA if present), cpu, cuda, cuda:N.")
-    ] = "auto",
+    device: Device = "auto",
     storage: Storage = DEFAULT_STORAGE,
-    study: Annotated[
-        str | None, typer.Option("--study", help="Study name; default: the file's name (stem).")
-    ] = None,
+    study: FileStudyName = None,
     seed: Annotated[int, typer.Option(help="Seed of the sampler; trial n seeds seed + n.")] = 0,
     pruner: Annotated[
         Pruner, typer.Option(help="Stops weak trials early from what training reports.")
@@ -239,13 +239,9 @@ def confirm(
         int | None,
         typer.Option(min=1, metavar="M", help="With --until-separated: the most runs."),
     ] = None,
-    device: Annotated[
-        str, typer.Option(help="auto (CUDA if present), cpu, cuda, cuda:N.")
-    ] = "auto",
+    device: Device = "auto",
     storage: Storage = DEFAULT_STORAGE,
-    study: Annotated[
-        str | None, typer.Option("--study", help="Study name; default: the file's name (stem).")
-    ] = None,
+    study: FileStudyName = None,
     json: Json = False,
 ):
     """Train the best functions of a search and its best baseline again,
