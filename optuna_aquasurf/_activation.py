@@ -31,6 +31,10 @@ class ActivationFunction(nn.Module):
     cost
         Its :attr:`cost` when known already (:func:`suggest_activation` gives the study's);
         measured on first use otherwise.
+    inplace
+        Accepted and ignored, so that ``partial(ActivationFunction, expression)`` serves where
+        ``nn.ReLU`` does: as timm's ``create_model(name, act_layer=...)``, whose models call
+        ``act_layer(inplace=True)``. The output is always a new tensor.
 
     Examples
     --------
@@ -41,9 +45,23 @@ class ActivationFunction(nn.Module):
     ActivationFunction('max(relu(x),cosh(elu(x)))')
     >>> act(torch.zeros(2)).tolist()
     [1.0, 1.0]
+
+    In place of ``nn.ReLU``, e.g. ``timm.create_model("resnet18", act_layer=tanh)``:
+
+    >>> from functools import partial
+    >>> tanh = partial(ActivationFunction, "tanh(x)")
+    >>> tanh(inplace=True)
+    ActivationFunction('tanh(x)')
     """
 
-    def __init__(self, expression: str, normalize: bool = False, cost: float | None = None):
+    def __init__(
+        self,
+        expression: str,
+        normalize: bool = False,
+        cost: float | None = None,
+        *,
+        inplace: bool = False,
+    ):
         super().__init__()
         self.tree = parse(expression)
         self.expression = str(self.tree)

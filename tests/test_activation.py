@@ -1,4 +1,5 @@
 import copy
+import functools
 import math
 import pickle
 
@@ -74,6 +75,19 @@ def test_pickle_deepcopy_and_repr():
     model = torch.nn.Sequential(torch.nn.Linear(3, 3), act)
     assert "ActivationFunction('add(relu(x),tanh(x))', normalize=True)" in repr(model)
     assert isinstance(pickle.loads(pickle.dumps(model))[1], ActivationFunction)
+
+
+def test_inplace_is_accepted_and_ignored():
+    """``act_layer(inplace=True)``, as timm's models call it, computes out of place."""
+    act = functools.partial(ActivationFunction, "mul(x,tanh(x))")(inplace=True)
+    x = torch.randn(10)
+    before = x.clone()
+    y = act(x)
+    assert y.data_ptr() != x.data_ptr()
+    torch.testing.assert_close(x, before)
+    torch.testing.assert_close(y, ActivationFunction("mul(x,tanh(x))")(x))
+    assert repr(act) == "ActivationFunction('mul(x,tanh(x))')"
+    assert pickle.loads(pickle.dumps(act)).expression == act.expression
 
 
 @pytest.mark.parametrize("expression", ["relu(x)", "mul(swish(x),erf(x))", "exp(x)", "square(x)"])
