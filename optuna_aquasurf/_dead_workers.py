@@ -3,9 +3,10 @@ once and run again once, instead of holding their function until a heartbeat goe
 forever, in a storage without heartbeats).
 
 Each trial records the process that runs it in its user attribute ``worker`` (``host:pid``):
-:func:`~optuna_aquasurf.suggest_activation` records it, and the CLI's storage as the trial
-starts. Trials of other hosts, and of processes that still exist, are left to Optuna's
-heartbeats.
+:func:`~optuna_aquasurf.suggest_activation` records it for trials run by ``study.optimize``
+(not for ask-and-tell ones, which another process may resume, as Ray Tune does), and the
+CLI's storage as the trial starts. Trials of other hosts, and of processes that still exist,
+are left to Optuna's heartbeats.
 """
 
 from __future__ import annotations
