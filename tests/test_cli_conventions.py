@@ -82,8 +82,9 @@ def test_version_prints_the_package_version_without_torch():
     assert without_torch("--version") == f"0 aquasurf {__version__}\n False\n"
 
 
-def test_metric_names_of_the_objectives():
-    settings = SearchSettings(
+def search_settings(**changes) -> SearchSettings:
+    """The settings of a one-trial search on the CPU, with ``changes``."""
+    settings = dict(
         n_trials=1,
         timeout=None,
         device="cpu",
@@ -95,10 +96,15 @@ def test_metric_names_of_the_objectives():
         grace_period=None,
         max_retry=0,
     )
+    return SearchSettings(**{**settings, **changes})
+
+
+def test_metric_names_of_the_objectives():
+    settings = search_settings()
     built_in, own = SimpleNamespace(train=None), SimpleNamespace(train=print)
     assert settings.metric_names(built_in) == ["accuracy"]
     assert settings.metric_names(own) == ["score"]
-    with_cost = SearchSettings(**{**settings.__dict__, "objectives": "score,cost"})
+    with_cost = search_settings(objectives="score,cost")
     assert with_cost.metric_names(own) == ["score", "cost"]
 
 
@@ -108,19 +114,7 @@ def test_new_and_resumed_studies_get_metric_names(tmp_path, objectives):
     url = f"sqlite:///{tmp_path / 'aquasurf.db'}"
     directions = ["maximize", "minimize"][: len(objectives.split(","))]
     optuna.create_study(study_name="older", storage=url, directions=directions)
-    settings = SearchSettings(
-        n_trials=1,
-        timeout=None,
-        device="cpu",
-        storage_url=url,
-        study_name=None,
-        seed=0,
-        pruner="none",
-        heartbeat_interval=60,
-        grace_period=None,
-        max_retry=0,
-        objectives=objectives,
-    )
+    settings = search_settings(storage_url=url, objectives=objectives)
     for name in ("tiny", "older"):
         named = SearchSettings(**{**settings.__dict__, "study_name": name})
         _, study = open_study(tmp_path / "tiny.py", named)
