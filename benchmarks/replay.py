@@ -61,6 +61,7 @@ from optuna_aquasurf import AquaSurfSampler, SearchSpace, suggest_activation
 from optuna_aquasurf._cost import measure_costs, stored_costs
 from optuna_aquasurf._front import hypervolume, on_front
 from optuna_aquasurf._operators import PAPER_UNARY
+from optuna_aquasurf._private import storage_of
 from optuna_aquasurf._sampler import DEFAULT_BASELINES
 from optuna_aquasurf._store import store_for
 from optuna_aquasurf.features import FisherProbe
@@ -233,7 +234,7 @@ class Context:
         study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
         costs = _costs()
         if isinstance(sampler, AquaSurfSampler):
-            store = store_for(study._storage)
+            store = store_for(storage_of(study))
             for names in (self.space.expressions, list(DEFAULT_BASELINES)):
                 stored_costs(store, names, measure=lambda e: np.array([costs[n] for n in e]))
 

@@ -9,6 +9,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from optuna_aquasurf._dead_workers import worker_label
+from optuna_aquasurf._private import storage_of, trial_id, uncached
 
 
 class TrackingStorage(RDBStorage):
@@ -40,7 +41,7 @@ class TrackingStorage(RDBStorage):
             del template_trial.user_attrs["worker"]
         trial = super()._create_new_trial(study_id, template_trial)
         if trial.state == TrialState.RUNNING:  # not one enqueued to wait
-            self.last_started = trial._trial_id
+            self.last_started = trial_id(trial)
         return trial
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
@@ -53,5 +54,5 @@ class TrackingStorage(RDBStorage):
 
 def last_started(study) -> int | None:
     """The trial that the study's storage started last, if it is a :class:`TrackingStorage`."""
-    storage = getattr(study._storage, "_backend", study._storage)  # inside Optuna's cache
+    storage = uncached(storage_of(study))
     return storage.last_started if isinstance(storage, TrackingStorage) else None

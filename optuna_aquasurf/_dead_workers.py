@@ -20,6 +20,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_aquasurf._fail_reasons import PROCESS_DIED
+from optuna_aquasurf._private import storage_of, trial_id
 
 
 def worker_label() -> str:
@@ -45,18 +46,18 @@ def fail_trials_of_dead_workers(
     list
         The trials failed here, each with whether it was queued again.
     """
-    storage = study._storage
+    storage = storage_of(study)
     failed_here = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker")
         if worker is None or not _died(worker):
             continue
         try:
-            storage.set_trial_user_attr(trial._trial_id, "fail_reason", PROCESS_DIED)
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            storage.set_trial_user_attr(trial_id(trial), "fail_reason", PROCESS_DIED)
+            storage.set_trial_state_values(trial_id(trial), TrialState.FAIL)
         except UpdateFinishedTrialError:  # failed by another process meanwhile, which queues it
             continue
-        failed = storage.get_trial(trial._trial_id)
+        failed = storage.get_trial(trial_id(trial))
         again = name in failed.user_attrs and "rerun_of" not in failed.user_attrs
         if again:
             run_again(study, failed)

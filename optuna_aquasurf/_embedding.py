@@ -6,6 +6,8 @@ import warnings
 
 import numpy as np
 
+from optuna_aquasurf._private import umap_internals, umap_layout_parameters
+
 #: Below this many functions UMAP finds the exact nearest neighbours from all pairwise distances.
 _ALL_DISTANCES_BELOW = 4096
 #: From this many functions on, a map is laid out from the leading principal components of each
@@ -53,21 +55,15 @@ def _union_large(first, second) -> np.ndarray:
     """The layout of the union of two large maps' graphs, as UMAP's ``first + second`` makes it,
     but started from ``first``'s layout and on all cores (UMAP's own starts from a spectral
     embedding of the whole graph, on one thread)."""
-    from umap.umap_ import (
-        general_simplicial_set_union,
-        reset_local_connectivity,
-        simplicial_set_embedding,
-    )
-
-    graph = general_simplicial_set_union(first.graph_, second.graph_)
-    graph = reset_local_connectivity(graph, True)
-    embedding, _ = simplicial_set_embedding(
+    umap_ = umap_internals()
+    graph = umap_.general_simplicial_set_union(first.graph_, second.graph_)
+    graph = umap_.reset_local_connectivity(graph, True)
+    embedding, _ = umap_.simplicial_set_embedding(
         None,
         graph,
         2,
         1.0,
-        first._a,
-        first._b,
+        *umap_layout_parameters(first),
         1.0,
         5,
         None,
@@ -97,11 +93,10 @@ def _fit(features: np.ndarray, n_neighbors: int, metric: str, seed: int):
     knn = (None, None, None)
     if len(features) < _ALL_DISTANCES_BELOW:
         from umap.distances import pairwise_special_metric
-        from umap.umap_ import nearest_neighbors
 
         points = np.ascontiguousarray(features, dtype=np.float32)  # as UMAP reads them
         distances = pairwise_special_metric(points, metric=metric).astype(np.float32)
-        indices, nearest, _ = nearest_neighbors(
+        indices, nearest, _ = umap_internals().nearest_neighbors(
             distances, n_neighbors, "precomputed", {}, False, None
         )
         knn = (indices, nearest, None)

@@ -22,6 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from optuna_aquasurf._expression import canonical
+from optuna_aquasurf._private import storage_of, uncached
 from optuna_aquasurf._scores import function_scores, maximizes_score, quantiles, trial_score
 from optuna_aquasurf._store import masked
 
@@ -65,7 +66,7 @@ def source_label(source: Source) -> str:
             return source
         study_name, _, storage = source.partition("@")
         return f"{study_name}@{masked(storage)}"
-    backend = getattr(source._storage, "_backend", source._storage)  # optuna's cache wraps RDB
+    backend = uncached(storage_of(source))
     where = getattr(backend, "url", None)
     where = masked(where) if where else f"{type(backend).__name__}:{id(backend):x}"
     return f"{source.study_name}@{where}"

@@ -23,6 +23,7 @@ from optuna_aquasurf._map import SpaceMap
 from optuna_aquasurf._operators import PAPER_UNARY
 from optuna_aquasurf._options import DEFAULT_BASELINES, SamplerOptions
 from optuna_aquasurf._prior import Source
+from optuna_aquasurf._private import in_optimize_loop, storage_of, study_id, trial_id
 from optuna_aquasurf._rules import RULES
 from optuna_aquasurf._search import SpaceExhaustedError, StudySearch
 from optuna_aquasurf._space import SearchSpace
@@ -234,7 +235,7 @@ class AquaSurfSampler(BaseSampler):
     def search(self, study: optuna.Study, name: str = "activation") -> StudySearch:
         """The :class:`~optuna_aquasurf._search.StudySearch` of ``study``: built on first use
         and kept."""
-        key = (id(study._storage), study._study_id, study.study_name, name)
+        key = (id(storage_of(study)), study_id(study), study.study_name, name)
         with self._lock:
             if key not in self._searches:
                 baselines = self._baseline_names()
@@ -258,12 +259,12 @@ class AquaSurfSampler(BaseSampler):
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         with self._lock:
-            self._fixed_params[trial._trial_id] = trial.system_attrs.get("fixed_params", {})
+            self._fixed_params[trial_id(trial)] = trial.system_attrs.get("fixed_params", {})
         self._independent_sampler.before_trial(study, trial)
 
     def after_trial(self, study, trial, state, values) -> None:
         with self._lock:
-            self._fixed_params.pop(trial._trial_id, None)
+            self._fixed_params.pop(trial_id(trial), None)
         self._independent_sampler.after_trial(study, trial, state, values)
 
     def reseed_rng(self) -> None:
@@ -275,7 +276,7 @@ class AquaSurfSampler(BaseSampler):
         """Choose the expression ``trial`` trains and record it; see :func:`suggest_activation`."""
         search = self.search(study, name)
         chosen = trial.user_attrs.get(name)  # set already, or inherited by a retried trial
-        fixed = self._fixed_params.get(trial._trial_id, {}).get(name)
+        fixed = self._fixed_params.get(trial_id(trial), {}).get(name)
         with self._lock:
             if chosen is None and fixed is None:
                 chosen = search.choose(trial)  # claimed there
@@ -288,7 +289,7 @@ class AquaSurfSampler(BaseSampler):
             trial.set_user_attr(name, chosen)
         # See _dead_workers. Only study.optimize surely trains its trials in this process: Ray
         # Tune asks in its driver, trains in its workers, and resumes a dead driver's trials.
-        runs_here = study._thread_local.in_optimize_loop
+        runs_here = in_optimize_loop(study)
         if runs_here and trial.user_attrs.get("worker") != worker_label():
             trial.set_user_attr("worker", worker_label())
         return chosen
@@ -399,7 +400,7 @@ class AquaSurfSampler(BaseSampler):
     def _store(self, study: optuna.Study | None) -> Store:
         if study is None:
             return _LOCAL_STORE
-        return store_for(study._storage)
+        return store_for(storage_of(study))
 
 
 _LOCAL_STORE = MemoryStore()

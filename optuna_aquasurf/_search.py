@@ -22,6 +22,7 @@ from optuna_aquasurf._dead_workers import fail_trials_of_dead_workers
 from optuna_aquasurf._map import SpaceMap
 from optuna_aquasurf._options import SamplerOptions
 from optuna_aquasurf._prior import read_source, source_label
+from optuna_aquasurf._private import storage_of, study_id, trial_id
 from optuna_aquasurf._rules import FrontGain, Greedy, Pick, SpaceFilling
 from optuna_aquasurf._scores import (
     function_scores,
@@ -82,7 +83,7 @@ class StudySearch:
         self.space_map = space_map
         self.baselines = baselines
         self.rule = rule
-        self.store = store_for(study._storage)
+        self.store = store_for(storage_of(study))
         self._warned_baselines: set[str] = set()
         self._warned_exhausted = False
         #: Why no new function is left, once none is (see :meth:`_when_exhausted`).
@@ -92,7 +93,7 @@ class StudySearch:
     def key(self) -> str:
         """What the study's prior depends on besides its sources: the study and the space."""
         study, space = self.study, self.space_map.space
-        return f"{study.study_name}\n{study._study_id}\n{space.fingerprint}\n{self.name}"
+        return f"{study.study_name}\n{study_id(study)}\n{space.fingerprint}\n{self.name}"
 
     # Picks.
 
@@ -101,7 +102,7 @@ class StudySearch:
         claimed for it (see :meth:`_when_exhausted` when none is left)."""
         space = self.space_map.space
         self._fail_trials_of_dead_workers()
-        trials = self.trials(exclude=trial._trial_id)
+        trials = self.trials(exclude=trial_id(trial))
         tried = np.array(sorted({f for _, (f, exact) in trials if exact}), dtype=np.int64)
         eligible = np.ones(len(space), dtype=bool)
         if not self.options.include_non_finite:
@@ -200,14 +201,15 @@ class StudySearch:
         """Record that ``trial`` trains ``function`` (and so its near twins); False if another
         live trial does."""
 
-        def is_stale(trial_id: int) -> bool:
-            """Whether the holder of a claim failed or is not a trial of this study."""
-            trials = self.study._storage.get_all_trials(self.study._study_id, deepcopy=False)
-            holder = next((t for t in trials if t._trial_id == trial_id), None)
+        def is_stale(claimer: int) -> bool:
+            """Whether the trial of id ``claimer``, holder of a claim, failed or is not a trial
+            of this study."""
+            trials = storage_of(self.study).get_all_trials(study_id(self.study), deepcopy=False)
+            holder = next((t for t in trials if trial_id(t) == claimer), None)
             return holder is None or holder.state == TrialState.FAIL
 
         function = int(self.space_map.twin_of[function])
-        return self.store.claim(self.study._study_id, function, trial._trial_id, is_stale)
+        return self.store.claim(study_id(self.study), function, trial_id(trial), is_stale)
 
     def name_of(self, function: int) -> str:
         """The expression suggested for the ``function``-th function of the space: a baseline's
@@ -227,7 +229,7 @@ class StudySearch:
         return [
             (t, self.locate(t.user_attrs[self.name]))
             for t in self.study.get_trials(deepcopy=False)
-            if self.name in t.user_attrs and t._trial_id != exclude
+            if self.name in t.user_attrs and trial_id(t) != exclude
         ]
 
     def observations(self, trials) -> tuple[np.ndarray, np.ndarray]:

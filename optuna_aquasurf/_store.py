@@ -1,24 +1,34 @@
 """Where the sampler keeps what it computes once: embeddings, Fisher features, priors, costs and
 claims.
 
-With an Optuna RDB storage (SQLite, PostgreSQL, MySQL) these live in the project's own tables of
-the same database, so other workers and resumed runs reuse them; with any other storage they live
-in memory, one store per storage object.
+Which store goes with which Optuna storage (:func:`store_for`):
+
+- RDBStorage (SQLite, PostgreSQL, MySQL): :class:`SQLStore`, everything in the project's own
+  tables of the same database.
+- JournalStorage and GrpcStorageProxy (any storage shared between processes but an RDB): a
+  :class:`~optuna_aquasurf._trial_store.TrialAttrStore`, whose claims are trial system
+  attributes written and read through the storage's own API, and whose entries and leases live
+  in a folder beside a journal file or in a Redis journal's server
+  (:mod:`optuna_aquasurf._journal_entries`); behind the gRPC proxy, in this process's memory.
+- InMemoryStorage: :class:`MemoryStore`, everything in this process's memory.
+
+Where the entries are shared, other workers and resumed runs reuse them; in memory, each
+process computes those it needs.
 
 - Embeddings and Fisher features are keyed by what determines their content (fingerprints of the
   space and the probe, the seed), so two models never mix and an entry stays valid for any study.
 - Priors are the scores of earlier searches that a study starts from, read once per study
   (keyed by the study and the source), so that its workers and resumed runs all use the same.
 - Costs are functions' forward and backward time over relu's, keyed by what was timed.
-- Claims say which function each trial of a study trains. A claim is one row whose primary key is
-  (study, function): the database accepts only one, which is what makes the choice of the next
-  function safe between workers. A claim whose trial failed, or belongs to a deleted study whose
-  id was reused, is stale and is taken over.
+- Claims say which function each trial of a study trains. In a database a claim is one row whose
+  primary key is (study, function): the database accepts only one, which is what makes the
+  choice of the next function safe between workers. A claim whose trial failed, or belongs to a
+  deleted study whose id was reused, is stale and is taken over.
 - Leases say which worker is computing an entry (a Fisher chunk, an embedding), so that workers
-  split the work instead of repeating it. A lease is also one row with a primary key; its holder
-  renews it every ``LEASE_RENEWAL`` seconds while computing, and a lease not renewed for
-  ``LEASE_TIMEOUT`` seconds (its worker died) is taken over. An entry is saved in one insert, so
-  a worker that dies leaves either the whole entry or nothing.
+  split the work instead of repeating it. In a database a lease is also one row with a primary
+  key; its holder renews it every ``LEASE_RENEWAL`` seconds while computing, and a lease not
+  renewed for ``LEASE_TIMEOUT`` seconds (its worker died) is taken over. An entry is saved in
+  one insert, so a worker that dies leaves either the whole entry or nothing.
 
 Every statement of :class:`SQLStore` is retried with backoff when the connection to the database
 is lost (``CONNECTION_RETRIES``).
@@ -44,6 +54,13 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from optuna_aquasurf._private import (
+    journal_backend,
+    journal_file_path,
+    redis_journal_address,
+    uncached,
+)
+
 #: Seconds between renewals of a lease by the worker that holds it.
 LEASE_RENEWAL = 10.0
 #: A lease not renewed for this many seconds belongs to a dead worker and is taken over.
@@ -68,7 +85,7 @@ def _keyed_table(kind: str) -> sa.Table:
 
 
 #: The tables of entries saved whole under a key, by the name the store's methods take.
-_KEYED = {kind: _keyed_table(kind) for kind in ("embeddings", "priors", "costs")}
+_KEYED = {kind: _keyed_table(kind) for kind in ("embeddings", "priors", "costs", "spaces")}
 _FISHER = sa.Table(
     "aquasurf_fisher_chunks",
     _METADATA,
@@ -137,9 +154,13 @@ def _new_holder() -> str:
     return f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:16]}"
 
 
-class Store(ABC):
-    """Persistent (or in-memory) home of embeddings, Fisher feature chunks, priors, costs and
-    claims."""
+class Entries(ABC):
+    """Persistent (or in-memory) home of arrays computed once and shared between workers:
+    embeddings, Fisher feature chunks, priors and costs, each saved whole under a key, and the
+    leases of those being computed."""
+
+    #: Errors of a lease's renewal that a later renewal may overcome (a lost connection).
+    transient_errors: tuple[type[BaseException], ...] = ()
 
     def compute_once(
         self,
@@ -181,7 +202,7 @@ class Store(ABC):
 
         def renew():
             while not stop.wait(LEASE_RENEWAL):
-                with contextlib.suppress(DBAPIError):  # the next renewal may get through
+                with contextlib.suppress(*self.transient_errors):  # the next may get through
                     self.renew(entry, chunk, holder)
 
         thread = threading.Thread(target=renew, name=f"aquasurf lease {entry}", daemon=True)
@@ -201,15 +222,6 @@ class Store(ABC):
         """Save arrays; an entry that exists already is kept (its content is the same)."""
 
     @abstractmethod
-    def claim(
-        self, study_id: int, function: int, trial_id: int, is_stale: Callable[[int], bool]
-    ) -> bool:
-        """Atomically record that ``trial_id`` trains ``function``; False if another trial has.
-
-        A conflicting claim whose trial ``is_stale`` (failed, or not of this study) is replaced.
-        """
-
-    @abstractmethod
     def acquire(self, entry: str, chunk: int, holder: str) -> bool:
         """Atomically take the lease of ``entry``/``chunk`` for ``holder``: False if another
         holder has it and renewed it less than ``LEASE_TIMEOUT`` seconds ago."""
@@ -223,8 +235,21 @@ class Store(ABC):
         """Give the lease up (if ``holder`` still has it)."""
 
 
+class Store(Entries):
+    """The entries of a storage's studies, and the claims of their trials."""
+
+    @abstractmethod
+    def claim(
+        self, study_id: int, function: int, trial_id: int, is_stale: Callable[[int], bool]
+    ) -> bool:
+        """Atomically record that ``trial_id`` trains ``function``; False if another trial has.
+
+        A conflicting claim whose trial ``is_stale`` (failed, or not of this study) is replaced.
+        """
+
+
 class MemoryStore(Store):
-    """A store for in-memory and journal storages: thread-safe, gone with the process.
+    """A store in this process's memory: thread-safe, gone with the process.
 
     Embeddings, features and costs are keyed by their content, so all memory stores of a process
     share them; so are priors, keyed by the study's name and id and the source, so two in-memory
@@ -272,6 +297,7 @@ class SQLStore(Store):
     """A store in the project's own tables of an Optuna RDB storage's database."""
 
     _TABLES = {**_KEYED, "fisher": _FISHER}
+    transient_errors = (DBAPIError,)
 
     def __init__(self, engine: sa.Engine):
         self._engine = engine
@@ -385,12 +411,34 @@ _STORES_LOCK = threading.Lock()
 
 
 def store_for(storage) -> Store:
-    """The store that goes with an Optuna storage object (one per object)."""
-    from optuna.storages import RDBStorage
+    """The store that goes with an Optuna storage object (one per object): see the module's
+    docstring for which."""
+    from optuna.storages import InMemoryStorage, RDBStorage
 
-    backend = getattr(storage, "_backend", storage)  # optuna wraps RDBStorage in a cache
+    storage = uncached(storage)
     with _STORES_LOCK:
-        if backend not in _STORES:
-            is_rdb = isinstance(backend, RDBStorage)
-            _STORES[backend] = SQLStore(backend.engine) if is_rdb else MemoryStore()
-        return _STORES[backend]
+        if storage not in _STORES:
+            if isinstance(storage, RDBStorage):
+                _STORES[storage] = SQLStore(storage.engine)
+            elif isinstance(storage, InMemoryStorage):
+                _STORES[storage] = MemoryStore()
+            else:
+                from optuna_aquasurf._trial_store import TrialAttrStore
+
+                _STORES[storage] = TrialAttrStore(storage, _entries_beside(storage))
+        return _STORES[storage]
+
+
+def _entries_beside(storage) -> Entries:
+    """Where the entries of a storage without the project's tables live: beside a journal
+    file, in a Redis journal's server, else in this process."""
+    from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
+
+    from optuna_aquasurf._journal_entries import FOLDER_SUFFIX, FileEntries, RedisEntries
+
+    journal = journal_backend(storage)
+    if isinstance(journal, JournalFileBackend):
+        return FileEntries(journal_file_path(journal) + FOLDER_SUFFIX)
+    if isinstance(journal, JournalRedisBackend):
+        return RedisEntries(*redis_journal_address(journal))
+    return MemoryStore()

@@ -12,7 +12,9 @@ import functools
 import os
 import signal
 import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -58,6 +60,37 @@ def start_process():
     that one starts (such as a CLI's workers) outlives the test, passed or failed."""
     with killed_at_exit() as start:
         yield start
+
+
+#: Seconds a worker process of a test may take: the test fails rather than hang.
+WORKER_TIMEOUT = 240
+
+
+def start_workers(start_process, module: str, *commands: list[str], start: Path):
+    """Start ``python -m MODULE COMMAND`` for each command with ``start_process`` (so that none
+    outlives the test), from the repository's root; they begin together once ``start`` exists.
+
+    Returns the processes, their stdout and stderr text pipes."""
+    env = {**os.environ, "START": str(start)}
+    workers = [
+        start_process(
+            [sys.executable, "-m", module, *command],
+            cwd=Path(__file__).resolve().parents[1],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for command in commands
+    ]
+    start.touch()
+    return workers
+
+
+def finish(worker: subprocess.Popen, timeout: float = WORKER_TIMEOUT) -> None:
+    """Wait for a worker of :func:`start_workers`; it must succeed."""
+    _, stderr = worker.communicate(timeout=timeout)
+    assert worker.returncode == 0, stderr
 
 
 #: Administrative URLs of the local database servers (see .ci/services).

@@ -7,12 +7,9 @@ have stored it.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import optuna
@@ -22,9 +19,11 @@ from optuna.trial import TrialState
 
 from optuna_aquasurf import AquaSurfSampler
 from tests._maps import computed_map, store_map
+from tests.conftest import finish, start_workers
 from tests.worker_process import probe, score, worker_space
 
-ROOT = Path(__file__).resolve().parents[1]
+#: The module of the workers' processes.
+WORKER = "tests.worker_process"
 
 
 @pytest.fixture(scope="module")
@@ -45,30 +44,6 @@ def shared_url(database_url, map_rows) -> str:
     return database_url
 
 
-def start_workers(*commands: list[str], start: Path) -> list[subprocess.Popen]:
-    """Start ``python -m tests.worker_process COMMAND`` for each command; they begin together
-    once ``start`` exists."""
-    env = {**os.environ, "START": str(start)}
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.worker_process", *command],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for command in commands
-    ]
-    start.touch()
-    return workers
-
-
-def finish(worker: subprocess.Popen, timeout: float = 240) -> None:
-    _, stderr = worker.communicate(timeout=timeout)
-    assert worker.returncode == 0, stderr
-
-
 def wait_for_line(worker: subprocess.Popen, prefix: str) -> str:
     """The first line of the worker's output that starts with ``prefix``."""
     for line in worker.stdout:
@@ -78,8 +53,10 @@ def wait_for_line(worker: subprocess.Popen, prefix: str) -> str:
 
 
 @pytest.mark.slow  # about a minute per database on 2 cores
-def test_four_workers_never_train_the_same_function(shared_url, tmp_path):
-    workers = start_workers(*[["optimize", shared_url, "s", "40"]] * 4, start=tmp_path / "go")
+def test_four_workers_never_train_the_same_function(shared_url, tmp_path, start_process):
+    workers = start_workers(
+        start_process, WORKER, *[["optimize", shared_url, "s", "40"]] * 4, start=tmp_path / "go"
+    )
     for worker in workers:
         finish(worker)
 
@@ -101,15 +78,22 @@ def test_four_workers_never_train_the_same_function(shared_url, tmp_path):
     assert claims == {f: t._trial_id for f, t in zip(claimed, trials)}
 
 
-def test_a_killed_workers_trial_is_retried_and_nothing_completed_is_lost(shared_url, tmp_path):
+def test_a_killed_workers_trial_is_retried_and_nothing_completed_is_lost(
+    shared_url, tmp_path, start_process
+):
     (hanging,) = start_workers(
-        ["optimize", shared_url, "s", "10", "--hang-after", "3"], start=tmp_path / "go"
+        start_process,
+        WORKER,
+        ["optimize", shared_url, "s", "10", "--hang-after", "3"],
+        start=tmp_path / "go",
     )
     killed = int(wait_for_line(hanging, "hanging").split()[1])
     hanging.send_signal(signal.SIGKILL)
     hanging.wait()
     time.sleep(4)  # the killed trial's heartbeat goes stale (grace period 3 s)
-    (survivor,) = start_workers(["optimize", shared_url, "s", "10"], start=tmp_path / "go2")
+    (survivor,) = start_workers(
+        start_process, WORKER, ["optimize", shared_url, "s", "10"], start=tmp_path / "go2"
+    )
     finish(survivor)
 
     trials = optuna.load_study(study_name="s", storage=shared_url).get_trials()
@@ -124,12 +108,14 @@ def test_a_killed_workers_trial_is_retried_and_nothing_completed_is_lost(shared_
     assert len({t.user_attrs["activation"] for t in completed}) == 13
 
 
-def test_workers_split_the_fisher_features_and_a_dead_ones_part_is_redone(database_url, tmp_path):
+def test_workers_split_the_fisher_features_and_a_dead_ones_part_is_redone(
+    database_url, tmp_path, start_process
+):
     optuna.create_study(storage=database_url, study_name="fisher")
     logs = [tmp_path / f"worker{i}.log" for i in range(3)]
     commands = [["fisher", database_url, str(log)] for log in logs]
     commands[0].append("--hang")
-    dead, *survivors = start_workers(*commands, start=tmp_path / "go")
+    dead, *survivors = start_workers(start_process, WORKER, *commands, start=tmp_path / "go")
     wait_for_line(dead, "hanging")
     dead.send_signal(signal.SIGKILL)
     dead.wait()
