@@ -242,7 +242,16 @@ def confirm(
     device: Device = "auto",
     storage: Storage = DEFAULT_STORAGE,
     study: FileStudyName = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Worker processes on this machine that share the runs, each taking the next "
+            "one (as optimize's --workers: one GPU each, or a share of the CPU cores).",
+        ),
+    ] = 1,
     json: Json = False,
+    worker: Annotated[str | None, typer.Option(hidden=True)] = None,
 ):
     """Train the best functions of a search and its best baseline again,
     and tell which beats the baseline beyond the noise between seeds.
@@ -251,9 +260,14 @@ def confirm(
     each run, no pruning) until it has --repeats scores. The runs are
     trials of the study: Ctrl-C stops cleanly, and the same command trains
     only what is missing. Then `aquasurf best`, `top` and `status` rank the
-    functions by their mean score.
+    functions by their mean score (a study of score and cost: its front).
     """
-    from optuna_aquasurf.cli._confirm import ConfirmSettings, confirm_search, print_report
+    from optuna_aquasurf.cli._confirm import (
+        ConfirmSettings,
+        confirm_search,
+        confirm_worker,
+        print_report,
+    )
     from optuna_aquasurf.cli._views import print_json
 
     settings = ConfirmSettings(
@@ -265,7 +279,11 @@ def confirm(
         device=device,
         storage_url=storage,
         study_name=study,
+        workers=workers,
     )
+    if worker is not None:  # one of the processes of --workers
+        confirm_worker(file, settings, worker)
+        return
     report = confirm_search(file, settings)
     print_json(report.to_json()) if json else print_report(console, report)
 

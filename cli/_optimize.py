@@ -14,11 +14,14 @@ from rich.markup import escape
 from sqlalchemy.exc import SQLAlchemyError
 
 from optuna_aquasurf import SpaceExhaustedError
+from optuna_aquasurf._baselines import DEFAULT_BASELINES
 from optuna_aquasurf._dead_workers import fail_trials_of_dead_workers
 from optuna_aquasurf._prior import source_label
+from optuna_aquasurf._private import storage_of
 from optuna_aquasurf._store import lost_connection
 from optuna_aquasurf.cli import _views
 from optuna_aquasurf.cli._console import UserError, console, err_console
+from optuna_aquasurf.cli._equivalents import save_equivalents, space_equivalents
 from optuna_aquasurf.cli._map_process import BackgroundMap
 from optuna_aquasurf.cli._objective import (
     Objective,
@@ -107,10 +110,9 @@ class SearchSettings:
         return [score_direction] + (["minimize"] if self.with_cost else [])
 
     def metric_names(self, user: UserFile) -> list[str]:
-        """The names of the study's objectives, for optuna-dashboard and plots: ``accuracy``
-        (the built-in trainer's) or ``score`` (the model file's ``train()``), then ``cost``."""
-        score = "accuracy" if user.train is None else "score"
-        return [score] + (["cost"] if self.with_cost else [])
+        """The names of the study's objectives, for optuna-dashboard and plots: the model file's
+        metric (:attr:`~optuna_aquasurf.cli._userfile.UserFile.metric`), then ``cost``."""
+        return [user.metric] + (["cost"] if self.with_cost else [])
 
     def kept(self, user: UserFile, device) -> StudySettings:
         """What the search of the model file ``user`` on ``device`` keeps with its study, but
@@ -167,6 +169,7 @@ def open_study(path: Path, settings: SearchSettings) -> tuple[UserFile, optuna.S
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(settings.metric_names(user))
     dataclasses.replace(kept, map_key=_map_key(study)).save(study)
+    save_equivalents(study, study.sampler.space, DEFAULT_BASELINES)
     _read_prior(study)
     return user, study
 
@@ -235,7 +238,7 @@ def describe(study: optuna.Study, user: UserFile, settings: SearchSettings, wher
 
 def print_top(study: optuna.Study, path: Path) -> None:
     """The table of the best functions, and what to do next."""
-    rows = _views.top(study, TOP_ROWS, study.sampler.space)
+    rows = _views.top(study, TOP_ROWS, space_equivalents(study.sampler.space))
     if rows:
         _views.print_top(console, rows, f"Best functions of {study.study_name}")
         err_console.print(
@@ -397,7 +400,7 @@ def _reconnect(study: optuna.Study, trial_id: int | None, error: SQLAlchemyError
 
 def _fail_lost_trial(study: optuna.Study, trial_id: int) -> None:
     """Mark the trial that was running when the connection was lost failed, to run again."""
-    storage = study._storage
+    storage = storage_of(study)
     trial = storage.get_trial(trial_id)
     if trial.state == TrialState.RUNNING:
         storage.set_trial_user_attr(trial_id, "fail_reason", LOST_CONNECTION)

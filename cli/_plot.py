@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from optuna_aquasurf import AquaSurfSampler
 from optuna_aquasurf._intervals import mean_interval
@@ -18,9 +18,7 @@ from optuna_aquasurf.cli._trials import counts_toward_target
 from optuna_aquasurf.cli._views import (
     Function,
     baseline_function,
-    completed_trials,
     cost_front,
-    cost_of,
     functions,
     score_is_maximized,
     score_of,
@@ -45,22 +43,34 @@ class Evaluated:
 
 @dataclass
 class Costed:
-    """Completed trials of known cost: their costs (relu passes), scores, expressions and trial
-    numbers."""
+    """Functions of known cost: their costs (relu passes), mean scores, numbers of scores,
+    expressions and best trials' numbers."""
 
     cost: np.ndarray
     score: np.ndarray
+    n: list[int]
     expression: list[str]
     trial: list[int]
 
     @classmethod
-    def of(cls, trials: list[FrozenTrial]) -> Costed:
+    def of(cls, costed: list[Function]) -> Costed:
         return cls(
-            cost=np.array([cost_of(t) for t in trials], dtype=float),
-            score=np.array([score_of(t) for t in trials], dtype=float),
-            expression=[t.user_attrs.get("activation", "?") for t in trials],
-            trial=[t.number for t in trials],
+            cost=np.array([f.cost for f in costed], dtype=float),
+            score=np.array([f.mean for f in costed], dtype=float),
+            n=[len(f.trials) for f in costed],
+            expression=[f.expression for f in costed],
+            trial=[f.best.number for f in costed],
         )
+
+    def labels(self) -> list[str]:
+        """Each function's hover text: its trial (best trial and mean once it has several
+        scores), score and cost."""
+        return [
+            f"trial {t}: {e}<br>score {s:.4f}, cost {c:.2f}x relu"
+            if n == 1
+            else f"best trial {t}: {e}<br>mean {s:.4f} of {n} scores, cost {c:.2f}x relu"
+            for t, e, s, n, c in zip(self.trial, self.expression, self.score, self.n, self.cost)
+        ]
 
 
 @dataclass
@@ -127,15 +137,18 @@ def write_cost_plots(study: optuna.Study, folder: Path) -> list[Path]:
     """Write ``<study>_cost.png/.html`` into ``folder`` (the plots of :func:`write_plots` that
     need no map) and return their paths.
 
-    Score against cost (relu passes, log scale) of every completed trial of known cost (see
-    :func:`~optuna_aquasurf.cli._views.cost_of`), the Pareto front (the best score for its
-    cost) as a step line through its highlighted trials, and relu's trials as stars. Needs
-    matplotlib and plotly (:func:`write_plots` checks).
+    Score against cost (relu passes, log scale) of every function of known cost (see
+    :func:`~optuna_aquasurf.cli._views.cost_of`) at its mean score (its score, until
+    ``aquasurf confirm`` trains it again), the Pareto front of those means
+    (:func:`~optuna_aquasurf.cli._views.cost_front`: the best score for its cost) as a step line
+    through its highlighted functions, and relu as a star. Needs matplotlib and plotly
+    (:func:`write_plots` checks).
     """
     maximize = score_is_maximized(study)
-    points = Costed.of([t for t in completed_trials(study) if cost_of(t) is not None])
+    known = [f for f in functions(study) if f.cost is not None]
+    points = Costed.of(known)
     front = Costed.of(cost_front(study))
-    relu = Costed.of([t for t in completed_trials(study) if t.user_attrs.get("activation") == RELU])
+    relu = Costed.of([f for f in known if f.expression == RELU])
     stem = _stem(study, folder)
     paths = [Path(f"{stem}_cost.png"), Path(f"{stem}_cost.html")]
     _cost_png(paths[0], study.study_name, points, front, relu, maximize)
@@ -377,7 +390,7 @@ def _cost_png(path, name, points, front, relu, maximize) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(8, 5), dpi=120)
-    axes.scatter(points.cost, points.score, s=18, c="tab:blue", alpha=0.6, label="trial")
+    axes.scatter(points.cost, points.score, s=18, c="tab:blue", alpha=0.6, label="function")
     axes.step(front.cost, front.score, where="post", c="tab:orange", label="Pareto front")
     axes.scatter(front.cost, front.score, s=60, c="tab:orange", edgecolors="black", zorder=3)
     for cost, score, expression in zip(front.cost, front.score, front.expression):
@@ -390,8 +403,10 @@ def _cost_png(path, name, points, front, relu, maximize) -> None:
     if len(points.cost):  # an empty log axis fails to draw
         axes.set_xscale("log")
     axes.set_xlabel("cost (forward and backward time over relu's, CPU)")
-    axes.set_ylabel(f"score ({'maximize' if maximize else 'minimize'})")
-    axes.set_title(f"{name}: score against cost, {len(front.trial)} trials on the front")
+    repeated = any(n > 1 for n in points.n)
+    way = "maximize" if maximize else "minimize"
+    axes.set_ylabel(f"{'mean score' if repeated else 'score'} ({way})")
+    axes.set_title(f"{name}: score against cost, {len(front.trial)} functions on the front")
     axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path)
@@ -401,20 +416,14 @@ def _cost_png(path, name, points, front, relu, maximize) -> None:
 def _cost_html(path, name, points, front, relu, maximize) -> None:
     import plotly.graph_objects as go
 
-    def labels(costed):
-        return [
-            f"trial {t}: {e}<br>score {s:.4f}, cost {c:.2f}x relu"
-            for t, e, s, c in zip(costed.trial, costed.expression, costed.score, costed.cost)
-        ]
-
     figure = go.Figure()
     figure.add_trace(
         go.Scatter(
             x=points.cost,
             y=points.score,
             mode="markers",
-            name="trial",
-            text=labels(points),
+            name="function",
+            text=points.labels(),
             hoverinfo="text",
             marker={"size": 7, "opacity": 0.6},
         )
@@ -426,7 +435,7 @@ def _cost_html(path, name, points, front, relu, maximize) -> None:
             mode="lines+markers",
             line_shape="hv",
             name="Pareto front",
-            text=labels(front),
+            text=front.labels(),
             hoverinfo="text",
             marker={"size": 11, "line": {"width": 1, "color": "black"}},
         )
@@ -438,7 +447,7 @@ def _cost_html(path, name, points, front, relu, maximize) -> None:
                 y=relu.score,
                 mode="markers",
                 name=RELU,
-                text=labels(relu),
+                text=relu.labels(),
                 hoverinfo="text",
                 marker={"size": 16, "symbol": "star", "color": "gold", "line": {"width": 1}},
             )
@@ -446,7 +455,8 @@ def _cost_html(path, name, points, front, relu, maximize) -> None:
     figure.update_layout(
         title=f"{name}: score against cost",
         xaxis={"type": "log", "title": "cost (forward and backward time over relu's, CPU)"},
-        yaxis_title=f"score ({'maximize' if maximize else 'minimize'})",
+        yaxis_title=f"{'mean score' if any(n > 1 for n in points.n) else 'score'} "
+        f"({'maximize' if maximize else 'minimize'})",
         template="plotly_white",
     )
     figure.write_html(path, include_plotlyjs="directory")

@@ -174,3 +174,15 @@ def plot_sampler(study: optuna.Study, user: UserFile | None = None, device=None)
             "`aquasurf plot FILE`, to compute it."
         )
     return sampler
+
+
+def study_space(study: optuna.Study):
+    """The search space of the study's last ``optimize`` run, or None if it cannot be rebuilt
+    (an old study, or operators registered by the model file)."""
+    settings = StudySettings.of(study)
+    if settings is None:
+        return None
+    try:
+        return settings.search_space()
+    except ValueError:
+        return None

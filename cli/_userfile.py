@@ -37,6 +37,9 @@ and optionally
       your model,
   DIRECTION = "maximize"
       or "minimize" (with train()),
+  METRIC = "top1"
+      the name of train()'s score (default "score"; the built-in trainer's
+      is "accuracy"), shown by optuna-dashboard,
   SPACE = ["mul(x,unary(x))", "relu(x)"]
       schemas (unary, binary, n-ary range over all built-in operators) or
       expressions (default: the paper's 2,918),
@@ -73,6 +76,9 @@ class UserFile:
         The file's ``fisher_batch()``, or None.
     direction
         ``"maximize"`` or ``"minimize"``.
+    metric
+        The name of the score: ``METRIC``, else ``"score"`` (``train()``'s) or ``"accuracy"``
+        (the built-in trainer's).
     space
         ``SPACE``: schemas or expressions, or None for the paper's space.
     search
@@ -88,6 +94,7 @@ class UserFile:
     data: Callable[[], Any] | None
     fisher_batch: Callable[[], Any] | None
     direction: str
+    metric: str
     space: list[str] | None
     search: dict[str, Any]
     trainer: dict[str, float]
@@ -195,6 +202,7 @@ def load_user_file(path: Path) -> UserFile:
         )
     return UserFile(
         path=path,
+        metric=_metric(module, path, has_train=functions["train"] is not None),
         build_model=functions["build_model"],
         model=functions["model"],
         train=functions["train"],
@@ -311,6 +319,22 @@ def _function(module: ModuleType, name: str, path: Path) -> Callable[..., Any] |
             f"{name} in {path} must be a function, not {type(value).__name__}.\n\n{CONTRACT}"
         )
     return value
+
+
+def _metric(module: ModuleType, path: Path, has_train: bool) -> str:
+    if not hasattr(module, "METRIC"):
+        return "score" if has_train else "accuracy"
+    metric = module.METRIC
+    if not has_train:
+        raise UserError(
+            f"{path} sets METRIC but has no train(): the built-in trainer's score is accuracy. "
+            "Define train() to return your own metric."
+        )
+    if not isinstance(metric, str) or not metric.strip() or metric == "cost":
+        raise UserError(
+            f"METRIC in {path} must be a non-empty name other than 'cost', not {metric!r}."
+        )
+    return metric
 
 
 def _space(module: ModuleType, path: Path) -> list[str] | None:

@@ -6,8 +6,11 @@ its forward and backward time over relu's (:mod:`optuna_aquasurf._cost`), measur
 study: every view shows the figure the study recorded (see :func:`cost_of`).
 
 A function trained several times (by ``aquasurf confirm``, trials marked ``repeat_of``) is one
-:class:`Function` of several scores: views rank functions by their mean score, and once a
-function has 2 scores, the best is the best mean of those confirmed.
+:class:`Function` of several scores: views rank functions by their mean score (:func:`functions`),
+and once a function has 2 scores, the best is the best mean of those confirmed. In a study of
+score and cost, the Pareto front is that of the functions at their mean scores
+(:func:`cost_front`): a function whose best trial would be on the front, but whose mean another
+function beats for no more cost, is not.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from optuna_aquasurf._front import on_front
 from optuna_aquasurf._intervals import difference_interval, is_better, mean_interval
 from optuna_aquasurf._scores import has_cost_objective, maximizes_score
 from optuna_aquasurf.cli._console import UserError
+from optuna_aquasurf.cli._equivalents import Equivalents, equivalents_of
 from optuna_aquasurf.cli._storage import masked
 from optuna_aquasurf.cli._study_sampler import StudySettings
 from optuna_aquasurf.cli._trials import count_finished, pending_reruns
@@ -122,6 +126,11 @@ class Function:
     def mean(self) -> float:
         return float(np.mean(self.scores))
 
+    @property
+    def cost(self) -> float | None:
+        """Its cost in relu passes, as its best trial recorded it (:func:`cost_of`)."""
+        return cost_of(self.best)
+
 
 def functions(study: optuna.Study) -> list[Function]:
     """The functions of the study's completed trials, best mean score first (equal means: the
@@ -146,25 +155,30 @@ def best_function(study: optuna.Study) -> Function | None:
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best trial of the :func:`best_function`, or None; in a (score, cost) study the
-    cheapest trial of the best score: the last member of its :func:`cost_front`."""
-    if is_cost_study(study):
-        front = cost_front(study)
-        return front[-1] if front else None
-    function = best_function(study)
+    """The best trial of the :func:`best_function`, or None; in a (score, cost) study that of
+    the :func:`best_of_front`."""
+    function = best_of_front(study) if is_cost_study(study) else best_function(study)
     return None if function is None else function.best
 
 
-def cost_front(study: optuna.Study) -> list[FrozenTrial]:
-    """The Pareto front of score and cost: the completed trials with a better score than every
-    trial as cheap or cheaper, cheapest first (see :func:`optuna_aquasurf._front.on_front`; of
-    trials with the same score and cost, the first). Trials of unknown cost (see
-    :func:`cost_of`) are left out."""
-    order = _score_order(study)
-    known = [t for t in completed_trials(study) if cost_of(t) is not None]
-    higher_better = [-order(t) for t in known]
-    front = on_front(np.array(higher_better), np.array([cost_of(t) for t in known]))
-    return sorted(itertools.compress(known, front), key=lambda t: (cost_of(t), order(t)))
+def best_of_front(study: optuna.Study) -> Function | None:
+    """The function of the best mean score on the :func:`cost_front` (of equal means, the
+    cheaper): its last member; None when it is empty."""
+    front = cost_front(study)
+    return front[-1] if front else None
+
+
+def cost_front(study: optuna.Study) -> list[Function]:
+    """The Pareto front of score and cost: the :func:`functions` whose mean score is better than
+    that of every function as cheap or cheaper, cheapest first (see
+    :func:`optuna_aquasurf._front.on_front`; of functions of the same mean and cost, the first
+    that :func:`functions` ranks). A function of one score enters with that score; one of
+    unknown cost (see :func:`cost_of`) is left out."""
+    sign = _score_sign(study)
+    known = [f for f in functions(study) if f.cost is not None]
+    higher_better = np.array([-sign * f.mean for f in known])
+    front = on_front(higher_better, np.array([f.cost for f in known]))
+    return sorted(itertools.compress(known, front), key=lambda f: (f.cost, sign * f.mean))
 
 
 def _score_order(study: optuna.Study) -> Callable[[FrozenTrial], float]:
@@ -236,44 +250,36 @@ def status(study: optuna.Study, url: str) -> dict[str, Any]:
 
 
 def _best_of_status(study: optuna.Study) -> dict[str, Any] | None:
-    """The best trial (:func:`best_trial`) for JSON, with ``n`` and ``mean`` of its function in
-    a study of the score alone; None when no trial has completed."""
-    if is_cost_study(study):
-        trial = best_trial(study)
-        return None if trial is None else trial_record(trial)
-    function = best_function(study)
+    """The best function (:func:`best_function`; in a (score, cost) study
+    :func:`best_of_front`) for JSON (:func:`function_record`); None when no trial has
+    completed."""
+    function = best_of_front(study) if is_cost_study(study) else best_function(study)
     return None if function is None else function_record(function)
 
 
-def top(study: optuna.Study, limit: int, space=None, by: str = "score") -> list[dict[str, Any]]:
+def top(
+    study: optuna.Study, limit: int, equivalents: Equivalents | None = None, by: str = "score"
+) -> list[dict[str, Any]]:
     """The ``limit`` best functions by mean score (:func:`function_record`), with their
     equivalent names; with ``by="cost"`` the ``limit`` cheapest, those of equal cost by mean.
 
-    ``space`` (a :class:`~optuna_aquasurf.SearchSpace`) gives the equivalents; by default it is
-    rebuilt from the study's settings, and without it the equivalents are empty.
+    ``equivalents`` gives the other names of an expression's function; by default the study's
+    (:func:`~optuna_aquasurf.cli._equivalents.equivalents_of`).
     """
     rows = functions(study)
     if by == "cost":
         rows.sort(key=lambda f: _cost_or_inf(f.best))  # stable: equal costs stay by mean
     rows = rows[:limit]
-    if space is None and rows:
-        space = study_space(study)
+    if equivalents is None and rows:
+        equivalents = equivalents_of(study)
     return [
-        {"rank": rank, **function_record(f), "equivalents": _equivalents(space, f.best)}
+        {
+            "rank": rank,
+            **function_record(f),
+            "equivalents": equivalents(f.best.user_attrs.get("activation", "")),
+        }
         for rank, f in enumerate(rows, 1)
     ]
-
-
-def study_space(study: optuna.Study):
-    """The search space of the study's last ``optimize`` run, or None if it cannot be rebuilt
-    (an old study, or operators registered by the model file)."""
-    settings = StudySettings.of(study)
-    if settings is None:
-        return None
-    try:
-        return settings.search_space()
-    except ValueError:
-        return None
 
 
 def print_json(data: Any) -> None:
@@ -297,7 +303,7 @@ def print_status(console: Console, data: dict[str, Any]) -> None:
     table.add_row("training time", f"{data['seconds'] / 60:.1f} min")
     best = data["best"]
     if best is not None:
-        n = best.get("n", 1)  # a (score, cost) study: its best trial
+        n = best["n"]
         score = f"mean {best['mean']:.6g} of {n} scores" if n > 1 else f"{best['score']:.6g}"
         table.add_row(
             "best",
@@ -307,7 +313,7 @@ def print_status(console: Console, data: dict[str, Any]) -> None:
     if data["front_size"] is not None:
         table.add_row(
             "Pareto front",
-            f"{data['front_size']} trials, the best score for their cost: `aquasurf best`",
+            f"{data['front_size']} functions, the best score for their cost: `aquasurf best`",
         )
     console.print(table)
 
@@ -363,8 +369,9 @@ def baseline_function(study: optuna.Study) -> Function | None:
 
 
 def front_record(study: optuna.Study) -> dict[str, Any]:
-    """The Pareto front of a (score, cost) study for JSON: its trials, cheapest first, each with
-    its number on the front (``member``, from 1).
+    """The Pareto front of a (score, cost) study (:func:`cost_front`) for JSON: its functions
+    (:func:`function_record`), cheapest first, each with its number on the front (``member``,
+    from 1).
 
     Raises
     ------
@@ -377,23 +384,23 @@ def front_record(study: optuna.Study) -> dict[str, Any]:
     return {
         "study": study.study_name,
         "directions": _directions(study),
-        "front": [{"member": n, **trial_record(t)} for n, t in enumerate(front, 1)],
+        "front": [{"member": n, **function_record(f)} for n, f in enumerate(front, 1)],
     }
 
 
 def export_record(
     study: optuna.Study, pick: int | None = None, max_cost: float | None = None
 ) -> dict[str, Any]:
-    """The trial that ``aquasurf export`` writes, as :func:`best_record`: the best
-    (:func:`best_function`), the best score of those costing at most ``max_cost`` (ties: the
-    cheaper) or the ``pick``-th member of the front (from 1, cheapest first). In a (score, cost)
-    study, whose choice is always a member of its :func:`cost_front`, the record adds its number
-    there, ``front_member``, and the size of the front, ``front_size``.
+    """The function that ``aquasurf export`` writes, as :func:`best_record`: the best
+    (:func:`best_function`), the best mean score of those costing at most ``max_cost`` (ties:
+    the cheaper) or the ``pick``-th member of the front (from 1, cheapest first). In a (score,
+    cost) study, whose choice is always a member of its :func:`cost_front`, the record adds its
+    number there, ``front_member``, and the size of the front, ``front_size``.
 
     Raises
     ------
     UserError
-        When no trial has completed, no trial costs at most ``max_cost``, or for a ``pick``
+        When no trial has completed, no function costs at most ``max_cost``, or for a ``pick``
         beyond the front or in a study of the score alone.
     """
     if not is_cost_study(study):
@@ -406,7 +413,7 @@ def export_record(
             )
         if max_cost is None:
             return best_record(study)
-        return _study_record(study, _best_costing_at_most(study, completed_trials(study), max_cost))
+        return _study_record(study, _best_costing_at_most(study, functions(study), max_cost))
     front = cost_front(study)
     if not front:
         raise _no_completed_trial(study)
@@ -420,53 +427,46 @@ def export_record(
     elif max_cost is not None:
         member = front.index(_best_costing_at_most(study, front, max_cost)) + 1
     else:
-        member = len(front)  # the best score, the front being cheapest first
+        member = len(front)  # the best mean, the front being cheapest first
     record = _study_record(study, front[member - 1])
     record.update(front_member=member, front_size=len(front))
     return record
 
 
-def _best_costing_at_most(
-    study: optuna.Study, trials: list[FrozenTrial], max_cost: float
-) -> FrozenTrial:
-    """The trial of the best score of ``trials`` (completed ones of ``study``) that cost at most
-    ``max_cost``; of equal scores, the cheaper.
+def _best_costing_at_most(study: optuna.Study, ranked: list[Function], max_cost: float) -> Function:
+    """The function of the best mean score of ``ranked`` (functions of ``study``) that costs at
+    most ``max_cost``; of equal means, the cheaper.
 
     Raises
     ------
     UserError
         When none costs at most ``max_cost`` (or there is none).
     """
-    within = [t for t in trials if _cost_or_inf(t) <= max_cost]
+    within = [f for f in ranked if _cost_or_inf(f.best) <= max_cost]
     if within:
-        order = _score_order(study)
-        return min(within, key=lambda trial: (order(trial), cost_of(trial)))
-    if not trials:
+        sign = _score_sign(study)
+        return min(within, key=lambda function: (sign * function.mean, function.cost))
+    if not ranked:
         raise _no_completed_trial(study)
-    cheapest = min(trials, key=_cost_or_inf)
-    if cost_of(cheapest) is None:
+    cheapest = min(ranked, key=lambda function: _cost_or_inf(function.best))
+    if cheapest.cost is None:
         known = ""
     else:
-        expression = cheapest.user_attrs.get("activation")
-        known = f": its cheapest, {expression}, costs {cost_of(cheapest):.3g} relu passes"
+        known = f": its cheapest, {cheapest.expression}, costs {cheapest.cost:.3g} relu passes"
     raise UserError(
         f"--max-cost {max_cost:g}: no function of study {study.study_name!r} costs so little"
         f"{known}."
     )
 
 
-def _study_record(study: optuna.Study, trial: FrozenTrial | None) -> dict[str, Any]:
-    """``trial`` (a completed trial of ``study``, None when there is none yet) for JSON, with
-    the study's name and score direction.
-
-    Raises
-    ------
-    UserError
-        When ``trial`` is None.
-    """
-    if trial is None:
-        raise _no_completed_trial(study)
-    return {"study": study.study_name, "direction": _directions(study)[0], **trial_record(trial)}
+def _study_record(study: optuna.Study, function: Function) -> dict[str, Any]:
+    """``function`` (of ``study``) for JSON (:func:`function_record`), with the study's name and
+    score direction."""
+    return {
+        "study": study.study_name,
+        "direction": _directions(study)[0],
+        **function_record(function),
+    }
 
 
 def _no_completed_trial(study: optuna.Study) -> UserError:
@@ -502,8 +502,10 @@ def print_best(console: Console, record: dict[str, Any]) -> None:
 
 
 def print_front(console: Console, record: dict[str, Any]) -> None:
-    """The Pareto front as a table: member number, cost, score, expression, trial."""
+    """The Pareto front as a table: member number, cost, score (the mean and the number of
+    scores, once a function has several), expression, best trial."""
     score_direction = record["directions"][0]
+    repeated = any(row["n"] > 1 for row in record["front"])
     table = Table(
         title=f"Pareto front of {escape(record['study'])}: the best score for its cost",
         title_justify="left",
@@ -512,14 +514,17 @@ def print_front(console: Console, record: dict[str, Any]) -> None:
     )
     table.add_column("#", justify="right")
     table.add_column("cost", justify="right")
-    table.add_column(f"score ({score_direction})", justify="right")
+    table.add_column(f"{'mean' if repeated else 'score'} ({score_direction})", justify="right")
+    if repeated:
+        table.add_column("n", justify="right")
     table.add_column("activation", overflow="fold")
     table.add_column("trial", justify="right")
     for row in record["front"]:
         table.add_row(
             str(row["member"]),
             times_relu(row["cost"]),
-            f"{row['score']:.6g}",
+            f"{row['mean']:.6g}",
+            *([str(row["n"])] if repeated else []),
             escape(str(row["expression"])),
             str(row["trial"]),
         )
@@ -568,19 +573,3 @@ def times_relu(cost: float | None) -> str:
     """A cost as shown: relu passes (relu costs ``"1.0x"``), such as ``"2.3x"``; ``"-"`` when
     unknown."""
     return "-" if cost is None else f"{cost:.1f}x"
-
-
-def _equivalents(space, trial: FrozenTrial) -> list[str]:
-    """Other names of the trial's function in ``space``."""
-    expression = trial.user_attrs.get("activation")
-    if space is None or expression is None:
-        return []
-    try:
-        index = (
-            space.index(expression) if expression in space else space.find_equivalent(expression)
-        )
-    except ValueError:  # an operator this process does not know
-        return []
-    if index is None:
-        return []
-    return [name for name in space[index].equivalents if name != expression]

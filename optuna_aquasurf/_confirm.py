@@ -8,7 +8,10 @@ leading functions and the best baseline ``repeats`` scores each, then compares t
 
 from __future__ import annotations
 
+import contextlib
 import math
+import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -18,13 +21,18 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from optuna_aquasurf._dead_workers import fail_trials_of_dead_workers
+from optuna_aquasurf._dead_workers import fail_trials_of_dead_workers, worker_label
 from optuna_aquasurf._expression import canonical
 from optuna_aquasurf._fail_reasons import INTERRUPTED, LOST_RUNS
 from optuna_aquasurf._intervals import difference_interval, is_better, mean_interval
+from optuna_aquasurf._private import storage_of, study_id
 from optuna_aquasurf._sampler import AquaSurfSampler
+from optuna_aquasurf._store import store_for
 
 __all__ = ["ConfirmRecord", "ConfirmReport", "confirm"]
+
+#: Seconds between two tries to take a study's confirmation lease that another process holds.
+LEASE_POLL = 0.02
 
 
 @dataclass(frozen=True)
@@ -149,6 +157,14 @@ def confirm(
     (``RDBStorage(url, heartbeat_interval=60)``), and count as failures; without heartbeats
     such a run stays under way until it is failed (``study.tell(number, state=TrialState.FAIL)``).
 
+    Several processes can confirm one study at once, each with the same call, on a storage they
+    share (SQLite or PostgreSQL, say): they share the runs, and no run is trained twice. A
+    process counts the runs and enqueues the missing ones while it holds the study's
+    confirmation lease (kept by the sampler's store, with its claims), so that what one enqueued
+    is under way for the others; and each trains waiting runs until none is left, taking them in
+    turn under that lease, so that none starts a trial of the search when another took the last
+    one. In a race, a function with a run under way gets no other until that one ends.
+
     Parameters
     ----------
     study
@@ -202,6 +218,34 @@ def confirm(
     >>> [(r.activation, r.n) for r in report.records]
     [('abs(x)', 3), ('relu(x)', 3)]
     """
+    return confirm_with(
+        study,
+        objective,
+        top,
+        repeats,
+        against=against,
+        until_separated=until_separated,
+        max_trials=max_trials,
+        name=name,
+    )
+
+
+def confirm_with(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], Any],
+    top: int = 5,
+    repeats: int = 3,
+    *,
+    against: str | None = None,
+    until_separated: bool = False,
+    max_trials: int | None = None,
+    name: str = "activation",
+    train_queued: Callable[[int], None] | None = None,
+) -> ConfirmReport:
+    """:func:`confirm`, whose enqueued runs ``train_queued(n)`` trains, ``n`` being the number of
+    waiting trials, instead of :func:`run_queued` in this process: ``aquasurf confirm
+    --workers`` starts worker processes that each call :func:`run_queued`. ``objective`` is not
+    called then."""
     sampler = study.sampler
     if not isinstance(sampler, AquaSurfSampler):
         raise TypeError(
@@ -233,14 +277,23 @@ def confirm(
         now = _functions(study, sampler, name)
         return {key: now.get(key, _Function(spelling)) for key, spelling in confirmed.items()}
 
-    queue = _Queue(study, _tracked(objective), name, functions[ranked[0]].params)
-    missing = [f for f in count().values() for _ in range(repeats - f.n_counted)]
+    def missing() -> list[_Function]:
+        """A run for each score that a function lacks."""
+        return [f for f in count().values() for _ in range(repeats - f.n_counted)]
+
+    def race() -> list[_Function]:
+        """One more run of each contender without a run under way; none once the leader is
+        separated."""
+        contenders = _contenders(list(count().values()), maximize)
+        return [f for f in contenders if not f.n_under_way] if len(contenders) > 1 else []
+
+    queue = _Queue(study, objective, name, functions[ranked[0]].params, train_queued)
     spent = queue.train(missing, max_trials)
     while until_separated and spent < max_trials:
-        contenders = _contenders(list(count().values()), maximize)
-        if len(contenders) < 2:
+        trained = queue.train(race, max_trials - spent)
+        if not trained:  # separated, or the runs left are under way in other processes
             break
-        spent += queue.train(contenders, max_trials - spent)
+        spent += trained
     final = count()
     return _report(list(final.values()), final[reference_key], maximize)
 
@@ -362,46 +415,129 @@ def _report(functions: list[_Function], reference: _Function, maximize: bool) ->
 
 
 class _Queue:
-    """Runs of functions, enqueued as trials of the study and run by its objective.
+    """Runs of functions, enqueued as trials of the study and trained by :func:`run_queued`
+    with its objective (or by ``train_queued``, see :func:`confirm_with`).
 
     A function never scored (a reference the study lacks) is trained with ``fresh_params``.
     """
 
-    def __init__(self, study, objective, name: str, fresh_params: dict[str, Any]):
+    def __init__(self, study, objective, name: str, fresh_params: dict[str, Any], train_queued):
         self.study = study
         self.objective = objective
         self.name = name
         self.fresh_params = fresh_params
+        self.train_queued = train_queued
+        self.lease = _Lease(study)
 
-    def train(self, runs: list[_Function], budget: int | None) -> int:
-        """Enqueue a run of each of ``runs`` (within ``budget`` trials, those already waiting
-        included), run every waiting trial, and say how many ran."""
-        if budget is not None:
-            runs = runs[: max(budget - self._waiting(), 0)]
-        for function in runs:
-            user_attrs = {self.name: function.expression}  # names the function while it waits
-            if function.first_scored is not None:
-                user_attrs["repeat_of"] = function.first_scored.number
-            params = function.params if function.first_scored is not None else self.fresh_params
-            self.study.enqueue_trial({**params, self.name: function.expression}, user_attrs)
-        n_trials = self._waiting()
-        if n_trials:
-            self.study.optimize(
-                self.objective,
-                n_trials=n_trials,
-                catch=(Exception,),
-                callbacks=[self._stop_when_done],
-            )
+    def train(self, plan: Callable[[], list[_Function]], budget: int | None) -> int:
+        """Enqueue a run of each function of ``plan()`` (within ``budget`` trials, those already
+        waiting included), train every waiting trial, and say how many were waiting.
+
+        ``plan()`` is counted and its runs enqueued under the study's confirmation lease: a
+        process confirming the study at the same time counts them as under way.
+        """
+        with self.lease:
+            runs = plan()
+            if budget is not None:
+                runs = runs[: max(budget - _n_waiting(self.study), 0)]
+            for function in runs:
+                user_attrs = {self.name: function.expression}  # names the function while it waits
+                if function.first_scored is not None:
+                    user_attrs["repeat_of"] = function.first_scored.number
+                    params = function.params
+                else:
+                    params = self.fresh_params
+                self.study.enqueue_trial({**params, self.name: function.expression}, user_attrs)
+            n_trials = _n_waiting(self.study)
+        if n_trials and self.train_queued is not None:
+            self.train_queued(n_trials)
+        elif n_trials:
+            run_queued(self.study, self.objective, budget=n_trials, lease=self.lease)
         return n_trials
 
-    def _waiting(self) -> int:
-        return len(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
-    def _stop_when_done(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """Stop once the queue is empty, should another process have run some of its trials:
-        a confirmation never runs a trial of the search."""
-        if self._waiting() == 0:
-            study.stop()
+def run_queued(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], Any],
+    budget: int | None = None,
+    lease: _Lease | None = None,
+) -> int:
+    """Train the waiting trials of ``study`` here with ``objective`` by ``study.optimize``, one at
+    a time, until none is left (or ``budget`` trials ran); return how many ran.
+
+    Processes confirming the study take its waiting trials in turn, each holding the study's
+    confirmation lease from its look at the queue until its trial is taken: none starts a new
+    trial of the search because another took the last waiting trial between its look and its
+    take. (A search running on the same study at the same time takes waiting trials too, and
+    trains them as the repeats they are; should it take the last one in that moment, this
+    process trains one trial of the search.) A trial ended by Ctrl-C records
+    ``fail_reason="interrupted"``: it is trained again.
+    """
+    lease = lease or _Lease(study)
+    tracked = _tracked(objective)
+    ran = 0
+
+    def taken(trial: optuna.Trial) -> Any:
+        lease.give_back()  # the trial is this process's: let the others take theirs
+        return tracked(trial)
+
+    def next_turn(study: optuna.Study, trial: FrozenTrial) -> None:
+        nonlocal ran
+        ran += 1
+        if budget is None or ran < budget:
+            lease.take()  # given back as the next trial starts, or once stopped
+            if _n_waiting(study):
+                return
+        study.stop()
+
+    lease.take()
+    try:
+        if budget != 0 and _n_waiting(study):
+            study.optimize(taken, catch=(Exception,), callbacks=[next_turn])
+    finally:
+        lease.give_back()
+    return ran
+
+
+def _n_waiting(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+class _Lease:
+    """The confirmation lease of a study, which processes confirming it take in turn to count
+    and enqueue runs and to take a waiting trial: a lease of the sampler's store
+    (:func:`~optuna_aquasurf._store.store_for`), in the database's own table for an RDB storage.
+    It is held for moments, never while training; one left by a process that died while holding
+    it is taken over after the store's lease timeout (a minute).
+    """
+
+    def __init__(self, study: optuna.Study):
+        self.store = store_for(storage_of(study))
+        self.entry = f"confirm:{study_id(study)}"
+        self.holder: str | None = None
+
+    def take(self) -> None:
+        """Wait for the lease and take it (nothing if this object holds it)."""
+        if self.holder is not None:
+            return
+        holder = f"{worker_label()}:{uuid.uuid4().hex[:16]}"
+        while not self.store.acquire(self.entry, 0, holder):
+            time.sleep(LEASE_POLL)
+        self.holder = holder
+
+    def give_back(self) -> None:
+        """Give the lease up, if held; should the database be away, it expires by itself."""
+        holder, self.holder = self.holder, None
+        if holder is not None:
+            with contextlib.suppress(*self.store.transient_errors):
+                self.store.release(self.entry, 0, holder)
+
+    def __enter__(self) -> _Lease:
+        self.take()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.give_back()
 
 
 def _tracked(objective: Callable[[optuna.Trial], Any]) -> Callable[[optuna.Trial], Any]:

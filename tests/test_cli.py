@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from optuna_aquasurf import ActivationFunction, AquaSurfSampler
 from optuna_aquasurf.cli._app import app
-from optuna_aquasurf.cli._views import study_space
+from optuna_aquasurf.cli._study_sampler import study_space
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -86,6 +86,76 @@ def test_confirm_trains_each_function_to_its_repeats_once(copy):
     assert "of 2 scores" in exported.stdout
 
 
+def test_workers_option_hands_the_enqueued_runs_to_its_workers(copy, monkeypatch):
+    """``--workers`` in this process: the first process enqueues the runs, and its workers, run
+    here one after the other (real processes in the next test), train them: the first all, the
+    second none."""
+    from optuna_aquasurf.cli import _confirm
+
+    outputs = []
+
+    def workers_here(command, devices, storage_url):
+        assert command[3:] == ["confirm", str(copy / "tiny.py"), "--study", "tiny"]
+        assert [device for device, _ in devices] == ["cpu", "cpu"]
+        for i, (device, _) in enumerate(devices):
+            worker = ("--device", device, "--worker", f"{i + 1}/2", "--storage", storage_url)
+            result = invoke(*command[3:], *worker)
+            assert result.exit_code == 0, result.output
+            outputs.append(result.output)
+
+    monkeypatch.setattr(_confirm, "run_workers", workers_here)
+    settings = _confirm.ConfirmSettings(
+        top=2,
+        repeats=3,
+        against=None,
+        until_separated=False,
+        max_trials=None,
+        device="cpu",
+        storage_url=f"sqlite:///{copy / 'aquasurf.db'}",
+        study_name=None,
+        workers=2,
+    )
+    report = _confirm.confirm_search(copy / "tiny.py", settings)
+    assert [r.n for r in report.records] == [3] * len(report.records)
+    runs = 2 * len(report.records)
+    trained = [output.count(f"Worker {i}/2: Trial") for i, output in enumerate(outputs, 1)]
+    assert trained == [runs, 0]
+    done = trials(copy)
+    assert len(done) == SEARCH_TRIALS + runs
+    assert all(t.state == TrialState.COMPLETE for t in done)
+
+
+def test_workers_share_the_runs_and_train_each_once(copy):
+    """``--workers 2``: the worker processes train the runs that the first process enqueued,
+    each taking the next one (a trial takes 0.2 s here, so that both may take some): every
+    confirmed function ends with exactly its repeats, and no trial is left running or waiting,
+    nor was any trial of the search started."""
+    with (copy / "tiny.py").open("a") as model_file:
+        model_file.write(
+            "\n_train = train\n\n"
+            "def train(model, trial, device):\n"
+            "    time.sleep(0.2)\n"
+            "    return _train(model, trial, device)\n"
+        )
+    options = ("confirm", "tiny.py", "--top", "2", "--repeats", "3", "--json")
+    result = aquasurf(*options, "--workers", "2", cwd=copy)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    confirmed = [f["activation"] for f in report["functions"]]
+    runs = 2 * len(confirmed)  # each function's search trial and 2 repeats
+    assert f"Training {runs} runs on 2 workers (cpu)." in result.stderr
+    counts = scores_of(copy)
+    for function in report["functions"]:
+        assert function["n"] == counts[function["activation"]] == 3, function
+    done = trials(copy)
+    assert len(done) == SEARCH_TRIALS + runs
+    assert all(t.state == TrialState.COMPLETE for t in done)
+    assert all("repeat_of" in t.user_attrs for t in done[SEARCH_TRIALS:])
+    workers = {t.user_attrs["worker"] for t in done[SEARCH_TRIALS:]}
+    assert {t.user_attrs["worker"] for t in done[:SEARCH_TRIALS]}.isdisjoint(workers)
+    assert 1 <= len(workers) <= 2
+
+
 def test_confirm_killed_with_kill_9_trains_its_lost_run_again(copy, start_process):
     """The run left RUNNING by a confirmation killed with kill -9 is failed as "process died"
     (its process is gone on this host) by the next run, which trains it again: every confirmed

@@ -8,7 +8,6 @@ import logging
 import subprocess
 import sys
 import textwrap
-from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -18,8 +17,9 @@ from typer.testing import CliRunner
 from optuna_aquasurf import __version__
 from optuna_aquasurf._store import store_for
 from optuna_aquasurf.cli._app import app
+from optuna_aquasurf.cli._console import UserError
 from optuna_aquasurf.cli._optimize import SearchSettings, open_study
-from optuna_aquasurf.cli._userfile import CONTRACT
+from optuna_aquasurf.cli._userfile import CONTRACT, load_user_file
 from optuna_aquasurf.cli._verbosity import VERBOSE_VARIABLE
 
 TINY = textwrap.dedent(
@@ -37,6 +37,10 @@ TINY = textwrap.dedent(
             return float(model(torch.ones(2, 4)).mean())
     """
 )
+
+
+#: TINY for the built-in trainer: data() instead of train().
+BUILT_IN = TINY.replace("def train(model, trial, device):", "def data():\n    return [], []\n")
 
 
 @pytest.fixture(autouse=True)
@@ -99,13 +103,37 @@ def search_settings(**changes) -> SearchSettings:
     return SearchSettings(**{**settings, **changes})
 
 
-def test_metric_names_of_the_objectives():
-    settings = search_settings()
-    built_in, own = SimpleNamespace(train=None), SimpleNamespace(train=print)
-    assert settings.metric_names(built_in) == ["accuracy"]
+def test_metric_names_of_the_objectives(tmp_path):
+    """``accuracy`` for the built-in trainer, ``score`` for train(), or the file's METRIC."""
+    files = {"own": TINY, "named": TINY + 'METRIC = "top1"\n', "built_in": BUILT_IN}
+    for name, text in files.items():
+        (tmp_path / f"{name}.py").write_text(text)
+    own, named, trainer = (load_user_file(tmp_path / f"{name}.py") for name in files)
+    settings, with_cost = search_settings(), search_settings(objectives="score,cost")
+    assert settings.metric_names(trainer) == ["accuracy"]
     assert settings.metric_names(own) == ["score"]
-    with_cost = search_settings(objectives="score,cost")
-    assert with_cost.metric_names(own) == ["score", "cost"]
+    assert settings.metric_names(named) == ["top1"]
+    assert with_cost.metric_names(named) == ["top1", "cost"]
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        ('METRIC = ""', "METRIC in"),
+        ('METRIC = "cost"', "other than 'cost'"),
+        ("METRIC = 3", "not 3"),
+    ],
+)
+def test_a_bad_metric_name_is_a_clear_error(tmp_path, lines, message):
+    (tmp_path / "bad.py").write_text(TINY + lines + "\n")
+    with pytest.raises(UserError, match=message):
+        load_user_file(tmp_path / "bad.py")
+
+
+def test_a_metric_name_needs_train(tmp_path):
+    (tmp_path / "bad.py").write_text(BUILT_IN + 'METRIC = "top1"\n')
+    with pytest.raises(UserError, match="sets METRIC but has no train"):
+        load_user_file(tmp_path / "bad.py")
 
 
 @pytest.mark.parametrize("objectives", ["score", "score,cost"])

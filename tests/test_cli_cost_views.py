@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
@@ -46,6 +47,17 @@ RECORDED = [("relu(x)", 0.30, 7.25), ("tanh(x)", 0.25, 11.5), ("swish(x)", 0.20,
 #: A (score, cost) study whose best score is tied: elu(x) first, then the cheaper
 #: sub(swish(x),one(x)), the front's best.
 TIED = [("relu(x)", 0.80, 0.92), ("elu(x)", 0.90, 2.58), ("sub(swish(x),one(x))", 0.90, 2.50)]
+#: A (score, cost) study after ``aquasurf confirm``: expression, scores (the search's first,
+#: then its repeats) and cost. By single trials the front would be relu, tanh (its search score,
+#: 0.90) and mul; by means, tanh's (0.773) is below relu's (0.81) for more cost, and swish's
+#: (0.85) tops relu's: the front is :data:`MEAN_FRONT`.
+CONFIRMED = [
+    ("relu(x)", [0.80, 0.82], 1.0),
+    ("tanh(x)", [0.90, 0.70, 0.72], 1.2),
+    ("swish(x)", [0.86, 0.84], 1.7),
+    ("mul(x,tanh(x))", [0.95], 4.0),
+]
+MEAN_FRONT = ["relu(x)", "swish(x)", "mul(x,tanh(x))"]
 #: A generous band around relu's cost over relu's, for a loaded machine.
 RELU_COST = (0.3, 3.0)
 
@@ -323,3 +335,40 @@ def test_export_choices_that_cannot_be_are_clear_errors(storage, tmp_path, study
     assert result.exit_code == 1, result.output
     assert message in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_the_front_of_a_confirmed_study_is_that_of_the_means(tmp_path):
+    """After a confirmation, best, status, export and the cost plot compute the front from each
+    function's mean score, its repeats included, not from its best trial."""
+    url = f"sqlite:///{tmp_path / 'confirmed.db'}"
+    study = optuna.create_study(
+        storage=url, study_name="confirmed", directions=["maximize", "minimize"]
+    )
+    for expression, (first, *_), cost in CONFIRMED:  # the search's trials, then the repeats
+        study.add_trial(create_trial(values=[first, cost], user_attrs={"activation": expression}))
+    for number, (expression, (_, *repeats), cost) in enumerate(CONFIRMED):
+        attrs = {"activation": expression, "repeat_of": number}
+        for score in repeats:
+            study.add_trial(create_trial(values=[score, cost], user_attrs=attrs))
+    means = {expression: np.mean(scores) for expression, scores, _ in CONFIRMED}
+
+    front = as_json(url, "confirmed", "best")["front"]
+    assert [row["expression"] for row in front] == MEAN_FRONT
+    assert [row["mean"] for row in front] == pytest.approx([means[e] for e in MEAN_FRONT])
+    assert [row["n"] for row in front] == [2, 2, 1]
+    assert [(row["trial"], row["score"]) for row in front] == [(4, 0.82), (2, 0.86), (3, 0.95)]
+    table = invoke(url, "confirmed", "best").stdout
+    assert "mean (maximize)" in table and "0.85 " in table and "│ tanh(x) " not in table
+
+    status = as_json(url, "confirmed", "status")
+    assert status["front_size"] == len(MEAN_FRONT)
+    assert status["best"]["expression"] == "mul(x,tanh(x))"
+    out = tmp_path / "swish_act.py"
+    printed = invoke(url, "confirmed", "export", "--out", str(out), "--max-cost", "1.5").stdout
+    assert "relu(x), cost 1 relu passes" in printed  # not tanh(x), for its search score
+    printed = invoke(url, "confirmed", "export", "--out", str(out), "--pick", "2").stdout
+    assert "swish(x), cost 1.7 relu passes" in printed
+    assert "mean 0.85 of 2 scores, best trial 2 (maximize), front member 2 of 3" in printed
+
+    html = write_cost_plots(study, tmp_path)[1].read_text()
+    assert "best trial 2: swish(x)" in html and "mean 0.8500 of 2 scores, cost 1.70x relu" in html

@@ -23,7 +23,7 @@ from optuna_aquasurf._dead_workers import fail_trials_of_dead_workers
 from optuna_aquasurf._sampler import DEFAULT_BASELINES
 from optuna_aquasurf._store import store_for
 from optuna_aquasurf.cli._storage import open_storage
-from optuna_aquasurf.cli._views import study_space
+from optuna_aquasurf.cli._study_sampler import study_space
 from tests import test_cli
 from tests.test_cli import aquasurf, start, trials, wait_for
 

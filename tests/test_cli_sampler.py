@@ -16,7 +16,7 @@ import optuna
 import pytest
 
 from optuna_aquasurf import AquaSurfSampler
-from optuna_aquasurf.cli._views import study_space
+from optuna_aquasurf.cli._study_sampler import study_space
 from tests import test_cli
 from tests.test_cli import aquasurf, invoke
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import optuna
@@ -13,6 +16,7 @@ from optuna.trial import TrialState, create_trial
 from scipy import stats
 
 from optuna_aquasurf import AquaSurfSampler, confirm, suggest_activation
+from optuna_aquasurf._confirm import run_queued
 from optuna_aquasurf._dead_workers import worker_label
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -262,3 +266,49 @@ def test_studies_that_cannot_be_confirmed_are_clear_errors():
         confirm(with_scores({"abs(x)": [0.5]}), never_called)
     with pytest.raises(TypeError, match="AquaSurfSampler"):
         confirm(optuna.create_study(), never_called)
+
+
+def confirm_twice_at_once(url: str) -> None:
+    """Two confirmations of one study at once, each with its own storage of ``url``, as two
+    processes would have: each function ends with exactly its repeats, every run is a repeat
+    (no trial of the search started), and none is left waiting or running."""
+    sampler = AquaSurfSampler(list(TRUE_SCORES), baselines=BASELINES, seed=0)
+    study = optuna.create_study(
+        storage=url, study_name="shared", direction="maximize", sampler=sampler
+    )
+    study.optimize(noisy(0.01), n_trials=4)
+    searched_trials = len(study.trials)
+    both_ready = threading.Barrier(2)
+
+    def slow(trial: optuna.Trial) -> float:
+        time.sleep(0.02)  # the other confirmation takes its turns meanwhile
+        return noisy(0.01)(trial)
+
+    def confirm_here(_) -> list[str]:
+        own = optuna.load_study(
+            study_name="shared",
+            storage=url,
+            sampler=AquaSurfSampler(list(TRUE_SCORES), baselines=BASELINES, seed=0),
+        )
+        both_ready.wait()
+        return [r.activation for r in confirm(own, slow, top=2, repeats=3).records]
+
+    with ThreadPoolExecutor(2) as pool:
+        confirmed = list(pool.map(confirm_here, range(2)))
+
+    assert sorted(confirmed[0]) == sorted(confirmed[1]) and len(confirmed[0]) == 3
+    for expression in confirmed[0]:
+        assert len(trials_of(study, expression)) == 3, expression
+    runs = study.trials[searched_trials:]
+    assert len(runs) == 3 * 2  # 2 repeats of each of the 3
+    assert all(t.state == TrialState.COMPLETE and "repeat_of" in t.user_attrs for t in runs)
+    assert run_queued(study, never_called) == 0  # nothing left waiting
+
+
+def test_two_confirmations_at_once_share_the_runs_on_sqlite(tmp_path):
+    confirm_twice_at_once(f"sqlite:///{tmp_path / 'shared.db'}")
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_two_confirmations_at_once_share_the_runs_on_postgresql(database_url):
+    confirm_twice_at_once(database_url)
