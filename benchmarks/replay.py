@@ -1,7 +1,7 @@
 """Replay activation searches on Act-Bench-Digits: every trial looks its score up in the table.
 
     python -m benchmarks.replay --arch cnn                  # 20 seeds x 200 trials per sampler
-    python -m benchmarks.replay --arch cnn --surrogate      # surrogate quality (5-fold Spearman)
+    python -m benchmarks.replay --arch all --surrogate      # surrogate quality, label efficiency
     python -m benchmarks.replay --arch cnn --samplers aquasurf,random --seeds 5
     python -m benchmarks.replay --arch all --prior all --trials 100   # transfer between tables
     python -m benchmarks.replay --arch all --front --trials 50        # fronts of score and cost
@@ -67,6 +67,9 @@ from optuna_aquasurf._store import store_for
 from optuna_aquasurf.features import FisherProbe
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: Scored functions at which --surrogate measures label efficiency, and draws of each.
+LABELS = (8, 16, 32, 64)
+LABEL_DRAWS = 20
 CHECKPOINTS = (10, 25, 50, 100, 200)
 FISHER_BATCH = 128
 
@@ -612,6 +615,44 @@ def surrogate_quality(arch: str, seed: int = 0) -> None:
         f"functions, so a perfect predictor of a function's expected score reaches about "
         f"{ceiling:.3f} against one seed's"
     )
+    without_fisher = SpaceMap(context.space, None, seed).features(store)[keep]
+    candidates = {
+        "the sampler's surrogate": (features, default_regressor),
+        "without the Fisher probe": (without_fisher, default_regressor),
+        "kNN (k=3) on raw outputs": (outputs, lambda: KNeighborsRegressor(n_neighbors=3)),
+    }
+    print(
+        f"\nLabel efficiency: Spearman of predictions with the other functions' scores, fitted on "
+        f"n scored functions (the baselines, then random ones), median of {LABEL_DRAWS} draws"
+    )
+    print(f"{'features':>26}" + "".join(f"{f'n={n}':>8}" for n in LABELS))
+    for name, medians in label_efficiency(context, keep, candidates, seed).items():
+        print(f"{name:>26}" + "".join(f"{m:8.3f}" for m in medians))
+
+
+def label_efficiency(context, keep, candidates, seed: int = 0) -> dict[str, list[float]]:
+    """For each of ``candidates`` (name -> (features of the finite functions, regressor
+    factory)), the median over :data:`LABEL_DRAWS` draws of the Spearman correlation between
+    its predictions and the table's scores of the functions not scored, when it is fitted on
+    ``n`` scored functions for each ``n`` of :data:`LABELS`: the baselines, then random ones
+    (the same draws for every candidate)."""
+    from scipy.stats import spearmanr
+
+    y = context.scores[keep]
+    position = {int(f): i for i, f in enumerate(np.flatnonzero(keep))}
+    found = [context.space.find_equivalent(b) for b in DEFAULT_BASELINES]
+    baselines = sorted({position[f] for f in found if f is not None and f in position})
+    others = np.setdiff1d(np.arange(len(y)), baselines)
+    rng = np.random.default_rng(seed)
+    correlations = {name: [[] for _ in LABELS] for name in candidates}
+    for column, n in enumerate(LABELS):
+        for _ in range(LABEL_DRAWS):
+            scored = np.concatenate([baselines, rng.choice(others, n - len(baselines), False)])
+            rest = np.setdiff1d(np.arange(len(y)), scored)
+            for name, (x, regressor) in candidates.items():
+                predicted = regressor().fit(x[scored], y[scored]).predict(x[rest])
+                correlations[name][column].append(spearmanr(predicted, y[rest]).statistic)
+    return {name: [float(np.nanmedian(c)) for c in rows] for name, rows in correlations.items()}
 
 
 def noise_ceiling(arch: str) -> tuple[float, int]:
@@ -667,7 +708,8 @@ def main() -> None:
         ok = check_replays(archs, args.samplers.split(","), args.seeds, args.workers, args.against)
         raise SystemExit(0 if ok else 1)
     if args.surrogate:
-        surrogate_quality(args.arch)
+        for arch in list(ARCHITECTURES) if args.arch == "all" else args.arch.split(","):
+            surrogate_quality(arch)
         return
     if args.prior:
         targets = list(ARCHITECTURES) if args.arch == "all" else args.arch.split(",")
