@@ -18,6 +18,10 @@ from optuna_aquasurf.cli._study_sampler import StudySettings, study_space
 #: The store's table of names.
 TABLE = "spaces"
 
+#: Spaces of more names are not kept (their entry would weigh megabytes): ``top`` then rebuilds
+#: the space.
+MAX_KEPT_NAMES = 100_000
+
 #: ``equivalents(expression)``: the other names of the expression's function.
 Equivalents = Callable[[str], list[str]]
 
@@ -30,19 +34,28 @@ def _key(settings: StudySettings) -> str:
 def save_equivalents(study: optuna.Study, space, also: Iterable[str] = ()) -> None:
     """Keep the names of ``space`` (a :class:`~optuna_aquasurf.SearchSpace`) with their
     function's position, and the position of each expression of ``also`` (baselines spelled
-    otherwise) that computes one of its functions."""
+    otherwise) that computes one of its functions; once per space, and not for spaces of more
+    than :data:`MAX_KEPT_NAMES` names."""
+    store, key = store_for(storage_of(study)), _key(StudySettings.of(study))
+    if space.n_names > MAX_KEPT_NAMES or store.load(TABLE, key) is not None:
+        return
     groups = [space[function].equivalents for function in range(len(space))]
     names = [name for group in groups for name in group]
     others = [e for e in also if e not in space]
     found = [(e, space.find_equivalent(e)) for e in others]
     found = [(e, position) for e, position in found if position is not None]
     arrays = [
-        np.array(names, dtype=str),
+        _encoded(names),
         np.repeat(np.arange(len(groups)), [len(group) for group in groups]),
-        np.array([e for e, _ in found], dtype=str),
+        _encoded([e for e, _ in found]),
         np.array([position for _, position in found], dtype=np.int64),
     ]
-    store_for(storage_of(study)).save(TABLE, _key(StudySettings.of(study)), arrays)
+    store.save(TABLE, key, arrays)
+
+
+def _encoded(names: list[str]) -> np.ndarray:
+    """Names as an array of UTF-8 bytes (a byte a character, where numpy's strings take four)."""
+    return np.array([name.encode() for name in names], dtype=bytes)
 
 
 def equivalents_of(study: optuna.Study) -> Equivalents:
@@ -54,7 +67,8 @@ def equivalents_of(study: optuna.Study) -> Equivalents:
     if stored is None:
         space = study_space(study)
         return (lambda expression: []) if space is None else space_equivalents(space)
-    names, positions, others, other_positions = (array.tolist() for array in stored)
+    names, others = ([name.decode() for name in stored[i].tolist()] for i in (0, 2))
+    positions, other_positions = stored[1].tolist(), stored[3].tolist()
     members: dict[int, list[str]] = {}
     for name, position in zip(names, positions):
         members.setdefault(position, []).append(name)

@@ -12,8 +12,11 @@ from optuna.trial import create_trial
 
 from optuna_aquasurf import SearchSpace
 from optuna_aquasurf._baselines import DEFAULT_BASELINES
+from optuna_aquasurf._private import storage_of
+from optuna_aquasurf._store import store_for
+from optuna_aquasurf.cli import _equivalents
 from optuna_aquasurf.cli._equivalents import equivalents_of, save_equivalents, space_equivalents
-from optuna_aquasurf.cli._study_sampler import SETTINGS_ATTR
+from optuna_aquasurf.cli._study_sampler import SETTINGS_ATTR, StudySettings
 from optuna_aquasurf.cli._views import COST_ATTR
 
 #: Names with several spellings, and a function near relu's baselines.
@@ -74,3 +77,15 @@ print("torch" in sys.modules)
     expected = space_equivalents(built)
     assert rows == {e: expected(e) for e in ("relu(x)", "add(tanh(x),zero(x))")}
     assert rows["add(tanh(x),zero(x))"]
+
+
+def test_a_space_of_too_many_names_is_not_kept(tmp_path, monkeypatch):
+    study = new_study(f"sqlite:///{tmp_path / 'aquasurf.db'}", "big")
+    built = space()
+    monkeypatch.setattr(_equivalents, "MAX_KEPT_NAMES", built.n_names - 1)
+    save_equivalents(study, built, DEFAULT_BASELINES)
+    key = _equivalents._key(StudySettings.of(study))
+    assert store_for(storage_of(study)).load(_equivalents.TABLE, key) is None
+    monkeypatch.setattr(_equivalents, "MAX_KEPT_NAMES", built.n_names)
+    save_equivalents(study, built, DEFAULT_BASELINES)
+    assert store_for(storage_of(study)).load(_equivalents.TABLE, key) is not None
