@@ -71,6 +71,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 LABELS = (8, 16, 32, 64)
 LABEL_DRAWS = 20
 CHECKPOINTS = (10, 25, 50, 100, 200)
+#: The weight of the Fisher block in the single feature space of version 0.1's surrogate.
+PREVIOUS_FISHER_WEIGHT = 0.25
 FISHER_BATCH = 128
 
 
@@ -146,6 +148,11 @@ SAMPLERS = {
     **{f"prior-{a}": _with_prior(a) for a in ARCHITECTURES},
     **{f"{c}-{a}": _with_prior(a, c) for a in ARCHITECTURES for c in ("shuffled", "reversed")},
 }
+
+
+#: Searches kept in the results from an earlier version and summarised beside the others, never
+#: run again: the default of version 0.1 (searched at commit 1452214).
+STORED = ("aquasurf-0.1",)
 
 
 #: Searches of score and cost (``--front``).
@@ -560,15 +567,16 @@ def _plot(arch: str, curves: dict[str, np.ndarray], best: float, score: str) -> 
 
 def surrogate_quality(arch: str, seed: int = 0) -> None:
     """5-fold cross-validated Spearman correlation of kNN (k=3) predictions with the score: on
-    the raw features, on their 2-D map, and the sampler's own surrogate (inverse-distance kNN in
-    its feature space); beside it the ceiling that the table's noise sets."""
+    the raw features and on their 2-D map; the sampler's own surrogate beside version 0.1's, itself
+    without the Fisher probe and a kNN on the raw outputs, at 5 folds and at 8 to 64 scores
+    (:func:`label_efficiency`); and the ceiling that the table's noise sets."""
     from scipy.stats import spearmanr
     from sklearn.model_selection import KFold, cross_val_predict
 
     from optuna_aquasurf._embedding import embed
     from optuna_aquasurf._map import SpaceMap
     from optuna_aquasurf._store import MemoryStore
-    from optuna_aquasurf._surrogate import default_regressor
+    from optuna_aquasurf._surrogate import Surrogate, default_regressor
 
     context = Context(arch)
     keep = context.space.finite
@@ -578,11 +586,10 @@ def surrogate_quality(arch: str, seed: int = 0) -> None:
     start = time.perf_counter()
     fisher = space_map.fisher_features(store)[keep]
     print(f"Fisher features of all {len(keep)} functions: {time.perf_counter() - start:.1f} s")
-    features = space_map.features(store)[keep]
     y = context.scores[keep]
 
-    def spearman(x, metric="euclidean", regressor=None):
-        knn = regressor or KNeighborsRegressor(n_neighbors=3, metric=metric)
+    def spearman(x, metric="euclidean"):
+        knn = KNeighborsRegressor(n_neighbors=3, metric=metric)
         folds = KFold(5, shuffle=True, random_state=seed)
         return spearmanr(cross_val_predict(knn, x, y, cv=folds), y).statistic
 
@@ -606,36 +613,53 @@ def surrogate_quality(arch: str, seed: int = 0) -> None:
     print(f"{'features':>22} {'raw':>8} {'UMAP':>8}")
     for name, (raw, umap) in rows.items():
         print(f"{name:>22} {raw:8.3f} {umap:8.3f}")
-    print(
-        f"the sampler's surrogate (inverse-distance kNN, k=3, in its feature space): "
-        f"{spearman(features, regressor=default_regressor()):.3f}"
-    )
+    views = [view[keep] for view in space_map.feature_views(store)]
+    previous = np.hstack([views[0], PREVIOUS_FISHER_WEIGHT * views[-1][:, views[0].shape[1] :]])
+    without_fisher = SpaceMap(context.space, None, seed).features(store)[keep]
+    candidates = {
+        "the sampler's surrogate": _fitted(lambda: Surrogate(views, default_regressor(), seed)),
+        "0.1's surrogate (Fisher 1/4)": _fitted(previous, default_regressor),
+        "without the Fisher probe": _fitted(without_fisher, default_regressor),
+        "kNN (k=3) on raw outputs": _fitted(outputs, lambda: KNeighborsRegressor(n_neighbors=3)),
+    }
+    splits = KFold(5, shuffle=True, random_state=seed).split(y)
+    folds = [(np.sort(train), np.sort(test)) for train, test in splits]
+    print("5-fold Spearman, the same folds for each (inverse-distance kNN, k=3, unless named):")
+    for name, fitted in candidates.items():
+        predicted = np.empty(len(y))
+        for train, test in folds:
+            predicted[test] = fitted(train, y[train])[test]
+        print(f"{name:>30} {spearmanr(predicted, y).statistic:.3f}")
     print(
         f"noise ceiling: two training seeds agree with Spearman {ceiling**2:.3f} on {pairs} "
         f"functions, so a perfect predictor of a function's expected score reaches about "
         f"{ceiling:.3f} against one seed's"
     )
-    without_fisher = SpaceMap(context.space, None, seed).features(store)[keep]
-    candidates = {
-        "the sampler's surrogate": (features, default_regressor),
-        "without the Fisher probe": (without_fisher, default_regressor),
-        "kNN (k=3) on raw outputs": (outputs, lambda: KNeighborsRegressor(n_neighbors=3)),
-    }
     print(
         f"\nLabel efficiency: Spearman of predictions with the other functions' scores, fitted on "
         f"n scored functions (the baselines, then random ones), median of {LABEL_DRAWS} draws"
     )
-    print(f"{'features':>26}" + "".join(f"{f'n={n}':>8}" for n in LABELS))
+    print(f"{'features':>30}" + "".join(f"{f'n={n}':>8}" for n in LABELS))
     for name, medians in label_efficiency(context, keep, candidates, seed).items():
-        print(f"{name:>26}" + "".join(f"{m:8.3f}" for m in medians))
+        print(f"{name:>30}" + "".join(f"{m:8.3f}" for m in medians))
+
+
+def _fitted(x, regressor=None):
+    """A candidate surrogate of :func:`label_efficiency`: from the positions of the scored
+    functions and their scores, a prediction for every function. ``x`` is a factory of
+    :class:`~optuna_aquasurf._surrogate.Surrogate` (without ``regressor``), or the functions'
+    features, one row each, read by a fresh ``regressor()``."""
+    if regressor is None:
+        return lambda scored, scores: x().predict(scored, scores)[0]
+    return lambda scored, scores: regressor().fit(x[scored], scores).predict(x)
 
 
 def label_efficiency(context, keep, candidates, seed: int = 0) -> dict[str, list[float]]:
-    """For each of ``candidates`` (name -> (features of the finite functions, regressor
-    factory)), the median over :data:`LABEL_DRAWS` draws of the Spearman correlation between
-    its predictions and the table's scores of the functions not scored, when it is fitted on
-    ``n`` scored functions for each ``n`` of :data:`LABELS`: the baselines, then random ones
-    (the same draws for every candidate)."""
+    """For each of ``candidates`` (name -> :func:`_fitted`), the median over
+    :data:`LABEL_DRAWS` draws of the Spearman correlation between its predictions and the
+    table's scores of the functions not scored, when it is fitted on ``n`` scored functions for
+    each ``n`` of :data:`LABELS`: the baselines, then random ones (the same draws for every
+    candidate)."""
     from scipy.stats import spearmanr
 
     y = context.scores[keep]
@@ -647,10 +671,11 @@ def label_efficiency(context, keep, candidates, seed: int = 0) -> dict[str, list
     correlations = {name: [[] for _ in LABELS] for name in candidates}
     for column, n in enumerate(LABELS):
         for _ in range(LABEL_DRAWS):
-            scored = np.concatenate([baselines, rng.choice(others, n - len(baselines), False)])
+            drawn = rng.choice(others, n - len(baselines), False)
+            scored = np.sort(np.concatenate([baselines, drawn]))
             rest = np.setdiff1d(np.arange(len(y)), scored)
-            for name, (x, regressor) in candidates.items():
-                predicted = regressor().fit(x[scored], y[scored]).predict(x[rest])
+            for name, fitted in candidates.items():
+                predicted = fitted(scored, y[scored])[rest]
                 correlations[name][column].append(spearmanr(predicted, y[rest]).statistic)
     return {name: [float(np.nanmedian(c)) for c in rows] for name, rows in correlations.items()}
 
@@ -729,11 +754,12 @@ def main() -> None:
         front_summary(targets, args.trials)
         return
     samplers = args.samplers.split(",")
-    unknown = [s for s in samplers if s not in SAMPLERS]
+    unknown = [s for s in samplers if s not in SAMPLERS and s not in STORED]
     if unknown:
         parser.error(f"unknown sampler(s) {unknown}; choose from {', '.join(SAMPLERS)}")
     if not args.summary:
-        run_searches(args.arch, samplers, args.seeds, args.trials, args.workers)
+        runnable = [s for s in samplers if s in SAMPLERS]
+        run_searches(args.arch, runnable, args.seeds, args.trials, args.workers)
     summarise(args.arch, samplers, args.trials)
 
 

@@ -2,8 +2,10 @@
 
 The 2-D map is for the eye; between its two dimensions, neighbours that the features tell apart
 end up side by side. The surrogate reads the features themselves instead: each kind reduced to
-its leading principal components and scaled to a mean squared norm of one, the Fisher block then
-weighted by :data:`FISHER_WEIGHT`, the two side by side.
+its leading principal components and scaled to a mean squared norm of one, the two side by side.
+It reads them through two views (:func:`feature_views`): the output block alone, and both
+blocks; how much each view counts is fitted to every study's own scores (see
+:func:`optuna_aquasurf._surrogate.view_shares`).
 """
 
 from __future__ import annotations
@@ -14,9 +16,6 @@ from optuna_aquasurf._embedding import principal_components
 
 #: Principal components kept of each kind of features.
 FEATURE_COMPONENTS = 16
-#: Weight of the Fisher block against the output block. On the Act-Bench-Digits cnn and vit tables
-#: 0.25 predicted best of 0, 0.25, 0.5 and 1 (``python -m benchmarks.replay --surrogate``).
-FISHER_WEIGHT = 0.25
 #: Functions whose distance to their nearest other function sets the length scale.
 LENGTH_SCALE_SAMPLE = 2048
 #: The length scale, as a share of the median distance of a function to its nearest other one.
@@ -28,16 +27,25 @@ def feature_space(
 ) -> np.ndarray:
     """One row per function: its output principal components (the leading
     :data:`FEATURE_COMPONENTS` columns of ``output_components``, which are sorted) beside its
-    Fisher features' own, each block of mean squared norm one, Fisher weighted by
-    :data:`FISHER_WEIGHT`. float32."""
+    Fisher features' own, each block of mean squared norm one. float32."""
     blocks = []
     if output_components is not None:
         blocks.append(_unit_block(output_components[:, :FEATURE_COMPONENTS]))
     if fisher_features is not None:
         fisher = principal_components(_centred(fisher_features), FEATURE_COMPONENTS, seed)
-        weight = FISHER_WEIGHT if blocks else 1.0
-        blocks.append(weight * _unit_block(fisher))
+        blocks.append(_unit_block(fisher))
     return np.hstack(blocks).astype(np.float32)
+
+
+def feature_views(features: np.ndarray, output_components: np.ndarray | None) -> list[np.ndarray]:
+    """The views of the :func:`feature_space` ``features`` that the surrogate reads: the output
+    block alone, then both blocks; the one block when there is one kind of features."""
+    if output_components is None:
+        return [features]
+    n_outputs = min(FEATURE_COMPONENTS, output_components.shape[1])
+    if n_outputs == features.shape[1]:
+        return [features]
+    return [features[:, :n_outputs], features]
 
 
 def length_scale(points: np.ndarray, seed: int = 0) -> float:

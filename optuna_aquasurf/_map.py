@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from optuna_aquasurf._embedding import LARGE_MAP, LARGE_MAP_COMPONENTS, principal_components
-from optuna_aquasurf._feature_space import feature_space
+from optuna_aquasurf._feature_space import feature_space, feature_views
 from optuna_aquasurf._fisher_budget import (
     DEFAULT_FISHER_BUDGET,
     fill_from_neighbours,
@@ -175,6 +175,12 @@ class SpaceMap:
                 outputs = self._output_components if self.use_outputs else None
                 self._features = feature_space(outputs, fisher, self.seed)
             return self._features
+
+    def feature_views(self, store: Store) -> list[np.ndarray]:
+        """The views of :meth:`features` that the surrogate reads (see
+        :func:`~optuna_aquasurf._feature_space.feature_views`)."""
+        outputs = self._output_components if self.use_outputs else None
+        return feature_views(self.features(store), outputs)
 
     def is_ready(self, store: Store) -> bool:
         """Whether :meth:`embedding` returns at once: computed here, or saved in ``store``."""

@@ -39,7 +39,7 @@ class SamplerOptions:
     surrogate: str = "features"
     acquisition: str = "ucb"
     n_design: int = 0
-    exploration: float = 0.5
+    exploration: float | None = None
     regressor: Any = None
     seed: int | None = None
     include_non_finite: bool = False
@@ -65,7 +65,7 @@ class SamplerOptions:
             raise ValueError(f"acquisition must be one of {tuple(RULES)}, got {self.acquisition!r}")
         if self.n_design < 0:
             raise ValueError(f"n_design must be >= 0, got {self.n_design}")
-        if not self.exploration >= 0:
+        if self.exploration is not None and not self.exploration >= 0:
             raise ValueError(f"exploration must be >= 0, got {self.exploration}")
         check_map_options(self.probe, self.use_outputs, self.map_key, self.fisher_budget)
         if self.max_cost is not None and not self.max_cost > 0:

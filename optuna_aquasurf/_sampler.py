@@ -45,10 +45,17 @@ class AquaSurfSampler(BaseSampler):
     features (``surrogate="features"``, the default) or on their 2-D map (``"map"``, the
     paper's) predicts every function's score from the trials so far.
 
+    The surrogate adapts to each study: in the feature space it predicts from the outputs
+    alone and from the outputs beside the Fisher features, and mixes the two by how well each
+    predicts the study's own scores from one another (leave-one-out), so that a model whose
+    Fisher spectrum says little about its scores is searched by its outputs, and one whose
+    spectrum says much by both. Where the two disagree the prediction counts as less sure.
+
     With ``acquisition="ucb"`` (the default), each pick maximises the predicted score plus
     ``kappa`` times its uncertainty: the spread of the nearest scored functions' scores, growing
     with the distance to them. ``kappa`` is drawn anew for every pick from an exponential
-    distribution of mean ``exploration``, so that some picks exploit and some explore.
+    distribution of mean ``exploration`` (0.25 unless given), so that some picks exploit and
+    some explore.
     ``"explore"`` adds ``exploration`` times the distance to the nearest tried function instead;
     ``"greedy"`` is the reference's rule: the best prediction alone. Any of them can start, after
     the baselines, with ``n_design`` space-filling picks (each the function farthest from all
@@ -103,7 +110,8 @@ class AquaSurfSampler(BaseSampler):
     n_design
         Space-filling picks after the baselines (each the function farthest from all tried).
     exploration
-        ``"ucb"``: mean weight of the uncertainty; ``"explore"``: weight of the distance bonus.
+        ``"ucb"``: mean weight of the uncertainty (default 0.25); ``"explore"``: weight of the
+        distance bonus (default 0.5).
     regressor
         Any scikit-learn regressor from the surrogate's points to scores; default kNN with k=3,
         weighted by inverse distance. The uncertainty of ``"ucb"`` always comes from the
@@ -156,7 +164,7 @@ class AquaSurfSampler(BaseSampler):
         surrogate: str = "features",
         acquisition: str = "ucb",
         n_design: int = 0,
-        exploration: float = 0.5,
+        exploration: float | None = None,
         regressor=None,
         seed: int | None = None,
         independent_sampler: BaseSampler | None = None,

@@ -262,17 +262,17 @@ class StudySearch:
 
     @cached_property
     def surrogate(self) -> Surrogate:
-        """The study's surrogate over :meth:`points`, with its prior."""
+        """The study's surrogate over :meth:`views`, with its prior."""
         prior = self.prior_observations if self.options.prior else ()
         seed = self.options.seed or 0
-        return Surrogate(self.points(), self.options.regressor, seed, prior)
+        return Surrogate(self.views(), self.options.regressor, seed, prior)
 
-    def points(self) -> np.ndarray:
-        """The coordinates the surrogate reads, one row per function: the reduced features or
-        the 2-D map."""
+    def views(self) -> list[np.ndarray]:
+        """The coordinates the surrogate reads, one row per function: the views of the reduced
+        features, or the 2-D map."""
         if self.options.surrogate == "map":
-            return self.space_map.embedding(self.store)
-        return self.space_map.features(self.store)
+            return [self.space_map.embedding(self.store)]
+        return self.space_map.feature_views(self.store)
 
     @cached_property
     def prior_observations(self) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -2,9 +2,13 @@
 scores observed so far and the prior's, a predicted score for every function and how sure it is.
 
 The model is a k-nearest-neighbour regressor (inverse-distance weighted, k=3, unless the user
-gives another scikit-learn regressor). Its neighbour tables are kept between picks
-(:class:`Neighbours`), so that a pick in a large space costs one pass over the points per new
-observation rather than a kd-tree query of every point.
+gives another scikit-learn regressor). In the feature space it reads two views of the functions
+(the outputs alone, and the outputs beside the Fisher features) and mixes their predictions by
+how well each predicted the study's own scores (:func:`view_shares`): a model whose Fisher
+features say little about its scores costs nothing, one whose Fisher features say much gets
+their worth. Its neighbour tables are kept between picks (:class:`Neighbours`), so that a pick
+in a large space costs one pass over the points per new observation rather than a kd-tree query
+of every point.
 """
 
 from __future__ import annotations
@@ -25,51 +29,70 @@ UNCERTAINTY_NEIGHBOURS = 3
 #: New sites that `Neighbours` adds one by one (each costs about 1% of a kd-tree query of every
 #: point); more are cheaper as one query.
 _ADD_AT_MOST = 64
+#: How sharply the views' shares follow their leave-one-out rank correlations: a view ahead by
+#: 0.17 counts twice as much. Chosen on the Act-Bench-Digits cnn and regression tables, of 1, 2,
+#: 3, 4, 5 and 8 (see benchmarks/README.md).
+SHARE_SHARPNESS = 4.0
+#: Scored functions, at most, whose leave-one-out predictions weigh the views (a seeded sample
+#: of them beyond).
+SHARE_SAMPLE = 256
 
 
 class Surrogate:
     """The predictions of one study's surrogate, from its scores and its prior.
 
     Built once per study and kept between its picks, with the tables and constants that do
-    not change as scores come: the neighbour tables, the length scale of the uncertainty and
+    not change as scores come: the neighbour tables, the length scales of the uncertainty and
     the prior's surfaces.
+
+    Each view predicts every function's score and how unsure it is; the surrogate mixes them
+    with the views' shares (:func:`view_shares`): its prediction is the shares' mean of the
+    views', and its uncertainty adds to the mean of their variances how far they disagree.
 
     Parameters
     ----------
-    points
-        The functions' coordinates the surrogate reads, one row each.
+    views
+        The functions' coordinates the surrogate reads, one array per view, one row per
+        function; the last holds them all (it measures distances to tried functions and
+        places the prior).
     regressor
         The scikit-learn regressor from points to scores (see :func:`default_regressor`).
     seed
-        Seed of the sample that measures the length scale.
+        Seed of the samples that measure the length scales and the shares.
     prior
         Each prior source's scored functions and their quantiles (0 worst, 1 best).
     """
 
     def __init__(
         self,
-        points: np.ndarray,
+        views: Sequence[np.ndarray],
         regressor: RegressorMixin,
         seed: int = 0,
         prior: Sequence[tuple[np.ndarray, np.ndarray]] = (),
     ):
-        self.points = points
+        self.views = list(views)
         self.regressor = regressor
         self.seed = seed
         self.prior = list(prior)
         self._tried = Neighbours()
-        self._scored = Neighbours()
+        self._scored = [Neighbours() for _ in self.views]
+
+    @property
+    def points(self) -> np.ndarray:
+        """The view that holds all coordinates."""
+        return self.views[-1]
 
     @cached_property
-    def length_scale(self) -> float:
-        """The distance over which a score stops telling about another function's (see
+    def length_scales(self) -> list[float]:
+        """Each view's distance over which a score stops telling about another function's (see
         :func:`~optuna_aquasurf._feature_space.length_scale`)."""
-        return length_scale(self.points, self.seed)
+        return [length_scale(view, self.seed) for view in self.views]
 
     @cached_property
     def prior_surfaces(self) -> list[_transfer.PriorSurface]:
         """Each prior source's quantiles spread over the points."""
-        return [prior_surface(self.points, f, q, self.length_scale) for f, q in self.prior]
+        scale = self.length_scales[-1]
+        return [prior_surface(self.points, f, q, scale) for f, q in self.prior]
 
     def predict(
         self, functions: np.ndarray, scores: np.ndarray, uncertainty: bool = False
@@ -79,15 +102,18 @@ class Surrogate:
         is (see :func:`predict_with_uncertainty`; else None)."""
         predicted, spread = None, None
         if len(scores) > 0:
+            shares = view_shares(self.views, functions, scores, self.regressor, self.seed)
+            views = [
+                self._predict_view(v, functions, scores, uncertainty) for v in range(len(shares))
+            ]
+            predicted = sum(share * mean for share, (mean, _) in zip(shares, views))
             if uncertainty:
-                k = neighbours_of(self.regressor)
-                knn, spread = predict_with_uncertainty(
-                    self._scored, self.points, functions, scores, k, self.length_scale
+                spread = np.sqrt(
+                    sum(
+                        share * (np.square(std) + np.square(mean - predicted))
+                        for share, (mean, std) in zip(shares, views)
+                    )
                 )
-                if is_default_knn(self.regressor):
-                    predicted = knn
-            if predicted is None:
-                predicted = predict(self.regressor, self.points, functions, scores, self._scored)
         if self.prior:
             predicted, share = _transfer.with_prior(
                 self.prior_surfaces, functions, scores, predicted
@@ -96,9 +122,73 @@ class Surrogate:
                 spread = (1 - share) * spread
         return predicted, spread
 
+    def _predict_view(self, view: int, functions, scores, uncertainty: bool):
+        """One view's prediction of every function and, with ``uncertainty``, its spread."""
+        points, scored = self.views[view], self._scored[view]
+        predicted, spread = None, None
+        if uncertainty:
+            k = neighbours_of(self.regressor)
+            scale = self.length_scales[view]
+            knn, spread = predict_with_uncertainty(scored, points, functions, scores, k, scale)
+            if is_default_knn(self.regressor):
+                predicted = knn
+        if predicted is None:
+            predicted = predict(self.regressor, points, functions, scores, scored)
+        return predicted, spread
+
     def distance_to_tried(self, tried: np.ndarray) -> np.ndarray:
         """Distance of every function to the nearest of ``tried`` (zero while none is)."""
         return distance_to_nearest(self._tried, self.points, tried)
+
+
+def view_shares(
+    views: Sequence[np.ndarray],
+    functions: np.ndarray,
+    scores: np.ndarray,
+    regressor: RegressorMixin,
+    seed: int = 0,
+) -> np.ndarray:
+    """How much each view counts in the surrogate's prediction, from the study's own scores.
+
+    Each scored function's score is predicted from the others' by inverse-distance kNN in each
+    view (leave-one-out; with the ``k`` of ``regressor``), and each view is rated by the rank
+    correlation (Spearman) of these predictions with the scores: a view that orders the study's
+    functions as their scores do is one whose neighbours say most. The shares are
+    ``exp(SHARE_SHARPNESS * rho)``, normalised; equal while fewer than 3 functions are scored
+    or their scores are all equal.
+    """
+    if len(views) == 1:
+        return np.ones(1)
+    rho = np.zeros(len(views))
+    if len(scores) >= 3 and np.ptp(scores) > 0:
+        if len(scores) > SHARE_SAMPLE:
+            rng = np.random.default_rng(seed)
+            kept = np.sort(rng.choice(len(scores), SHARE_SAMPLE, replace=False))
+            functions, scores = functions[kept], scores[kept]
+        k = min(neighbours_of(regressor), len(scores) - 1)
+        rho = np.array([_leave_one_out_rho(view[functions], scores, k) for view in views])
+    shares = np.exp(SHARE_SHARPNESS * (rho - rho.max()))
+    return shares / shares.sum()
+
+
+def _leave_one_out_rho(points: np.ndarray, scores: np.ndarray, k: int) -> float:
+    """Spearman correlation between ``scores`` and their leave-one-out inverse-distance kNN
+    predictions among ``points`` (0 where it is undefined)."""
+    from scipy.spatial.distance import cdist
+    from scipy.stats import rankdata
+
+    squared = cdist(points, points, "sqeuclidean")
+    np.fill_diagonal(squared, np.inf)
+    nearest = np.argpartition(squared, k - 1, axis=1)[:, :k]
+    distance = np.sqrt(np.take_along_axis(squared, nearest, axis=1))
+    with np.errstate(divide="ignore"):
+        weights = 1.0 / distance
+    exact = np.isinf(weights)
+    weights = np.where(exact.any(axis=1, keepdims=True), exact, weights)
+    predicted = np.sum(weights * scores[nearest], axis=1) / np.sum(weights, axis=1)
+    if np.ptp(predicted) == 0:
+        return 0.0
+    return float(np.corrcoef(rankdata(predicted), rankdata(scores))[0, 1])
 
 
 def prior_surface(

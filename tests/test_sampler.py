@@ -342,8 +342,8 @@ def test_incremental_neighbours_rank_exactly_as_brute_force():
     coords = rng.normal(size=(n, 2)).astype(np.float32)
     score_of = rng.random(n)
     order = rng.permutation(n)
-    surrogate = Surrogate(coords, KNeighborsRegressor(n_neighbors=3))
-    weighted = Surrogate(coords, _surrogate.default_regressor())
+    surrogate = Surrogate([coords], KNeighborsRegressor(n_neighbors=3))
+    weighted = Surrogate([coords], _surrogate.default_regressor())
     # Sites added one at a time, then more than a kd-tree's worth at once, then some removed.
     for tried in [
         order[:1],
