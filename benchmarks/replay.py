@@ -420,7 +420,7 @@ def transfer_summary(targets: list[str], sources: list[str], n_trials: int) -> N
             rho_finite = spearmanr(scores[source][finite], scores[target][finite]).statistic
             rows = {}
             for label, name in (
-                ("none", "aquasurf"),
+                ("none", "aquasurf-0.1"),  # the stored transfer searches are 0.1's
                 ("table", f"prior-{source}"),
                 ("shuffled", f"shuffled-{source}"),
                 ("reversed", f"reversed-{source}"),
