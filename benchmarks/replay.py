@@ -532,12 +532,12 @@ def _seed_pairs(arch: str, keep=lambda expression: True) -> tuple[str, np.ndarra
     return main.score_column, np.array([(main.value(e), noise.value(e)) for e in expressions])
 
 
-def _median_reach(so_far: np.ndarray, level: float) -> str:
+def _median_reach(so_far: np.ndarray, level: float, digits: int = 0) -> str:
     """Median number of evaluations until the best so far reaches ``level``."""
     reached = so_far >= level - 1e-12
     counts = np.where(reached.any(axis=1), reached.argmax(axis=1) + 1, np.inf)
     median = np.median(counts)
-    return f">{so_far.shape[1]}" if np.isinf(median) else f"{median:.0f}"
+    return f">{so_far.shape[1]}" if np.isinf(median) else f"{median:.{digits}f}"
 
 
 def _plot(arch: str, curves: dict[str, np.ndarray], best: float, score: str) -> None:
