@@ -102,18 +102,21 @@ class Surrogate:
         is (see :func:`predict_with_uncertainty`; else None)."""
         predicted, spread = None, None
         if len(scores) > 0:
-            shares = view_shares(self.views, functions, scores, self.regressor, self.seed)
             views = [
-                self._predict_view(v, functions, scores, uncertainty) for v in range(len(shares))
+                self._predict_view(v, functions, scores, uncertainty)
+                for v in range(len(self.views))
             ]
-            predicted = sum(share * mean for share, (mean, _) in zip(shares, views))
-            if uncertainty:
-                spread = np.sqrt(
-                    sum(
-                        share * (np.square(std) + np.square(mean - predicted))
-                        for share, (mean, std) in zip(shares, views)
+            predicted, spread = views[0]
+            if len(views) > 1:
+                shares = view_shares(self.views, functions, scores, self.regressor, self.seed)
+                predicted = sum(share * mean for share, (mean, _) in zip(shares, views))
+                if uncertainty:
+                    spread = np.sqrt(
+                        sum(
+                            share * (np.square(std) + np.square(mean - predicted))
+                            for share, (mean, std) in zip(shares, views)
+                        )
                     )
-                )
         if self.prior:
             predicted, share = _transfer.with_prior(
                 self.prior_surfaces, functions, scores, predicted
