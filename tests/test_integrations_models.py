@@ -288,6 +288,8 @@ def test_fisher_probe_stacks_candidates_of_model_files(key):
     assert stacked.stack_size > 2  # by default, as many as keep a pass under 2**22 outputs
     alone = FisherProbe(build, x, y, device="cpu", progress=False, stack=1)
     matrix, expected = stacked.features(expressions), alone.features(expressions)
-    # Float32 rounding of the larger stacked products may move an eigenvalue across a bin edge.
-    assert np.mean(matrix != expected) < 1e-3
+    # Float32 rounding of the larger stacked products may move an eigenvalue across bin edges
+    # (one at the rank tolerance across many: how many depends on the LAPACK numpy ships), so
+    # the CDFs are compared by their mean distance, an eigenvalue's move spread over all bins.
+    assert np.abs(matrix - expected).mean() < 1e-4
     np.testing.assert_allclose(matrix, expected, rtol=0, atol=1e-2)
