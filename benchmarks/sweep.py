@@ -48,7 +48,7 @@ class QuickReplay:
         surrogate = Surrogate(self.views, default_regressor(), seed)
         rule = UpperConfidenceBound(exploration)
         available = self.finite.copy()
-        tried, scores, values = [], [], []
+        tried, values = [], []
         for _ in range(n_trials):
             pending = [b for b in self.baselines if available[b]]
             candidates = np.flatnonzero(available)
@@ -57,23 +57,16 @@ class QuickReplay:
             elif len(candidates) == 0:
                 break
             else:
-                functions = np.array(tried)
+                order = np.argsort(tried)
+                functions = np.array(tried)[order]
                 rng = np.random.default_rng([seed, len(tried)])
-                order = np.argsort(functions)
                 pick = Pick(
-                    surrogate,
-                    functions[order],
-                    np.array(scores)[order],
-                    np.sort(functions),
-                    candidates,
-                    rng,
-                    1,
+                    surrogate, functions, np.array(values)[order], functions, candidates, rng, 1
                 )
                 function = int(rule.rank(pick)[0])
             twin = int(self.twin_of[function])
             values.append(float(self.scores[function]))
             tried.append(twin)
-            scores.append(values[-1])
             available &= self.twin_of != twin
         return values
 
